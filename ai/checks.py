@@ -1,0 +1,1 @@
+"""System checks for the AI configuration (filled in by the providers work)."""

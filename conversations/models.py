@@ -1,0 +1,126 @@
+"""Contexts, conversations and messages: fields and constraints only; logic is in services."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class Context(models.Model):
+    """A user's area of work ("Work", "Trip to Rome") with optional custom instructions."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="contexts"
+    )
+    name = models.CharField(max_length=100)
+    description = models.TextField(blank=True, default="", max_length=2000)
+    instructions = models.TextField(blank=True, default="", max_length=4000)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "name"], name="context_unique_name_per_user"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Conversation(models.Model):
+    """A thread of messages inside one context."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
+    )
+    context = models.ForeignKey(Context, on_delete=models.CASCADE, related_name="conversations")
+    title = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at"]
+        indexes = [
+            models.Index(fields=["user", "-updated_at"], name="conv_user_updated_idx"),
+            models.Index(fields=["context", "-updated_at"], name="conv_context_updated_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.title or str(self.id)
+
+
+class Message(models.Model):
+    """One message of a conversation. Assistant replies carry status, usage and provider."""
+
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+        SYSTEM = "system"
+
+    class Status(models.TextChoices):
+        COMPLETE = "complete"
+        STREAMING = "streaming"
+        CANCELLED = "cancelled"
+        FAILED = "failed"
+        INTERRUPTED = "interrupted"
+
+    class FinishReason(models.TextChoices):
+        STOP = "stop"
+        LENGTH = "length"
+        CANCELLED = "cancelled"
+        ERROR = "error"
+        TIMEOUT = "timeout"
+        INTERRUPTED = "interrupted"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="messages"
+    )
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    role = models.CharField(max_length=16, choices=Role.choices)
+    content = models.TextField(blank=True, default="")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
+    finish_reason = models.CharField(
+        max_length=16, choices=FinishReason.choices, blank=True, default=""
+    )
+    error_code = models.CharField(max_length=32, blank=True, default="")
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    usage_estimated = models.BooleanField(default=False)
+    provider = models.CharField(max_length=32, blank=True, default="")
+    model = models.CharField(max_length=128, blank=True, default="")
+    # Which server process runs the generation (for resume across processes and recovery).
+    worker = models.CharField(max_length=128, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            # At most one reply streams into a conversation: the database answers 409.
+            models.UniqueConstraint(
+                fields=["conversation"],
+                condition=Q(status="streaming"),
+                name="message_one_streaming_per_conversation",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["conversation", "created_at"], name="message_conv_created_idx"),
+            models.Index(
+                fields=["status"],
+                condition=Q(status="streaming"),
+                name="message_streaming_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role} {self.id}"
