@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "ai",
     "conversations",
     "flows",
+    "web",
 ]
 
 MIDDLEWARE = [
@@ -231,7 +232,7 @@ CHAT_STREAM_TIMEOUT_SECONDS = env.float("CHAT_STREAM_TIMEOUT_SECONDS", default=1
 CHAT_KEEPALIVE_SECONDS = env.float("CHAT_KEEPALIVE_SECONDS", default=15.0)
 CHAT_CANCEL_ON_DISCONNECT = env.bool("CHAT_CANCEL_ON_DISCONNECT", default=False)
 CHAT_CHECKPOINT_SECONDS = env.float("CHAT_CHECKPOINT_SECONDS", default=1.0)
-CHAT_MAX_BODY_BYTES = env.int("CHAT_MAX_BODY_BYTES", default=2_000_000)
+CHAT_MAX_BODY_BYTES = env.int("CHAT_MAX_BODY_BYTES", default=512_000)
 CHAT_SSE_RETRY_MS = env.int("CHAT_SSE_RETRY_MS", default=2000)
 
 # --- Quota and flows --------------------------------------------------------------------------------
@@ -270,3 +271,6 @@ LOGGING = {
         "daphne": {"level": "WARNING"},
     },
 }
+
+# Threads (and so database connections) that streaming turns use for their DB units.
+DB_THREADS = env.int("DB_THREADS", default=8)

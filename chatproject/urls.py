@@ -1,8 +1,24 @@
-"""Top-level URLs."""
+"""Top-level URLs (contract section 2)."""
 
+from django.conf import settings
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from chatproject import health
 
 urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
+    path("api/v1/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/v1/", include("conversations.urls")),
+    path("api/v1/", include("flows.urls")),
+    path("api/v1/", include("ai.urls")),
+    path("api/", include("conversations.urls_alias")),
+    path("", include("web.urls")),
 ]
+
+if settings.OIDC_BROWSER_LOGIN_ENABLED:
+    urlpatterns.append(path("oidc/", include("mozilla_django_oidc.urls")))

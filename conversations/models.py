@@ -100,6 +100,8 @@ class Message(models.Model):
     model = models.CharField(max_length=128, blank=True, default="")
     # Which server process runs the generation (for resume across processes and recovery).
     worker = models.CharField(max_length=128, blank=True, default="")
+    # Set by a cancel that reached another process; the generation's owner honours it.
+    cancel_requested = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 

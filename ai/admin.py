@@ -1,0 +1,161 @@
+"""Admin for quota (limits per user, reset action), reservations and the usage ledger."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+
+from ai.models import Quota, Reservation, UsageRecord
+from ai.quota import quota_get_or_create, quota_release, quota_reset, quota_set_limits
+from ai.selectors import usage_totals_by_user_and_day
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Listing and detail only: these rows are written by services, never by hand."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Quota)
+class QuotaAdmin(admin.ModelAdmin):
+    """Per-user limits. Counters are changed only by the services (and the reset action);
+    saving writes only the period and the limits, so replies in flight are never lost."""
+
+    list_display = (
+        "user",
+        "period",
+        "requests",
+        "tokens",
+        "requests_reserved",
+        "tokens_reserved",
+        "resets_at",
+    )
+    list_filter = ("period",)
+    search_fields = ("user__username",)
+    list_select_related = ("user",)
+    raw_id_fields = ("user",)
+    readonly_fields = (
+        "requests_used",
+        "tokens_used",
+        "requests_reserved",
+        "tokens_reserved",
+        "period_started_at",
+        "resets_at",
+        "updated_at",
+    )
+    actions = ("reset_selected",)
+
+    @admin.display(description="requests used / limit")
+    def requests(self, obj: Quota) -> str:
+        return f"{obj.requests_used} / {obj.requests_limit}"
+
+    @admin.display(description="tokens used / limit")
+    def tokens(self, obj: Quota) -> str:
+        return f"{obj.tokens_used} / {obj.tokens_limit}"
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Quota | None = None) -> Any:
+        if obj is not None:
+            return ("user", *self.readonly_fields)
+        return self.readonly_fields
+
+    def save_model(self, request: HttpRequest, obj: Quota, form: Any, change: bool) -> None:
+        quota = obj if change else quota_get_or_create(user=obj.user)
+        quota_set_limits(
+            quota=quota,
+            period=form.cleaned_data["period"],
+            requests_limit=form.cleaned_data["requests_limit"],
+            tokens_limit=form.cleaned_data["tokens_limit"],
+        )
+        if not change:
+            obj.pk = quota.pk
+            obj.refresh_from_db()
+
+    @admin.action(description="Reset the selected users' quota", permissions=["change"])
+    def reset_selected(self, request: HttpRequest, queryset: QuerySet[Quota]) -> None:
+        users = [quota.user for quota in queryset.select_related("user")]
+        results = quota_reset(users=users)
+        self.message_user(
+            request,
+            f"Reset the quota of {len(results)} user(s); replies in flight keep their "
+            "reservations.",
+            messages.SUCCESS,
+        )
+
+
+@admin.register(Reservation)
+class ReservationAdmin(ReadOnlyAdmin):
+    """Quota holds of replies, from reserve to settle or release."""
+
+    list_display = (
+        "id",
+        "user",
+        "message",
+        "status",
+        "tokens",
+        "requests_charged",
+        "tokens_charged",
+        "created_at",
+        "closed_at",
+    )
+    list_filter = ("status", "created_at")
+    search_fields = ("user__username", "id")
+    list_select_related = ("user", "message")
+    date_hierarchy = "created_at"
+    actions = ("release_selected",)
+
+    def has_release_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("ai.change_quota")
+
+    @admin.action(
+        description="Release the selected held reservations (charge nothing)",
+        permissions=["release"],
+    )
+    def release_selected(self, request: HttpRequest, queryset: QuerySet[Reservation]) -> None:
+        held = queryset.filter(status=Reservation.Status.HELD).values_list("pk", flat=True)
+        released = sum(quota_release(reservation_id=pk) for pk in list(held))
+        self.message_user(request, f"Released {released} reservation(s).", messages.SUCCESS)
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(ReadOnlyAdmin):
+    """The usage ledger, with totals per user and day for the filtered records."""
+
+    list_display = (
+        "created_at",
+        "user",
+        "purpose",
+        "provider",
+        "model",
+        "input_tokens",
+        "output_tokens",
+        "estimated",
+        "tokens_charged",
+        "outcome",
+        "error_code",
+        "duration_ms",
+    )
+    list_filter = ("purpose", "outcome", "provider", "estimated")
+    search_fields = ("user__username",)
+    list_select_related = ("user",)
+    date_hierarchy = "created_at"
+    raw_id_fields = ("user", "context", "conversation", "message")
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        response = super().changelist_view(request, extra_context)
+        context = getattr(response, "context_data", None)
+        if context is not None and "cl" in context:
+            # Totals follow the changelist's filters, search and date drill-down.
+            context["usage_totals"] = usage_totals_by_user_and_day(queryset=context["cl"].queryset)
+        return response

@@ -1,0 +1,499 @@
+"""Quota: periods, lazy resets, and reserve-then-settle for every reply (contract 3.2).
+
+The life of one reply's quota:
+
+1. :func:`quota_reserve` before the model is called. One conditional ``UPDATE`` takes a
+   request and an *estimate* of the tokens the reply may use (prompt plus the most it may
+   write) out of what is left, inside ``transaction.atomic``. The database decides, so
+   concurrent turns can never together exceed the limit (SQLite serializes writers with
+   ``BEGIN IMMEDIATE``; PostgreSQL re-checks the ``WHERE`` on the locked row). Refusal
+   raises :class:`QuotaExceeded` (429 ``quota_exceeded``, ``Retry-After``).
+2. :func:`quota_settle` when the reply completed: the reservation leaves ``*_reserved``
+   and what was really used (one request, the provider's token count) goes to ``*_used``.
+   Actual tokens may exceed the estimate; ``*_used`` may then pass the limit and
+   ``*_remaining`` floors at 0 until the next reset.
+3. :func:`quota_release` when the reply failed before any output: nothing is charged.
+
+Settle and release close the reservation with a conditional update on its status, so each
+reservation is counted exactly once whoever calls them, however often.
+
+Periods reset by themselves on next use (the *lazy reset*: ``resets_at`` has passed, so
+``*_used`` go to 0 and the period moves on); ``manage.py reset_quotas --expired`` does the
+same from cron. A reset never touches ``*_reserved``: those belong to replies in flight. A
+reservation taken in an earlier period is removed from ``*_reserved`` when it closes but
+charges nothing to the new period: the new period should not pay for a reply that was
+admitted (and counted) against the old one, and the old counters are gone.
+
+Every function here is sync; async callers wrap them in ``sync_to_async`` (one function is
+one transactional unit).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.db.models import BigIntegerField, F, IntegerField, QuerySet
+from django.db.models.functions import Greatest
+from django.utils import timezone
+
+from ai.models import Quota, Reservation
+from chatproject.errors import ServiceError
+
+# Retry-After when the period never resets (``none``) and used counters fill the quota.
+RETRY_AFTER_NO_RESET_SECONDS = 86_400
+# Retry-After when only replies in flight fill the quota: one of them will settle soon.
+RETRY_AFTER_IN_FLIGHT_SECONDS = 30
+
+
+class QuotaExceeded(ServiceError):
+    """429 ``quota_exceeded``: the body carries the quota, the header ``Retry-After``."""
+
+    code = "quota_exceeded"
+    status_code = 429
+    default_detail = "You have used your quota for this period."
+    retryable = True
+
+
+# --- Period maths (pure) -------------------------------------------------------------------
+
+
+def period_start(period: str, *, now: datetime) -> datetime:
+    """The start of the calendar period containing ``now`` (UTC).
+
+    ``day``: midnight; ``week``: Monday 00:00; ``month``: the 1st 00:00. ``none`` has no
+    calendar: its period starts at ``now`` itself.
+    """
+    now = now.astimezone(UTC)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == Quota.Period.DAY:
+        return midnight
+    if period == Quota.Period.WEEK:
+        return midnight - timedelta(days=midnight.weekday())
+    if period == Quota.Period.MONTH:
+        return midnight.replace(day=1)
+    if period == Quota.Period.NONE:
+        return now
+    raise ValueError(f"Unknown quota period {period!r}.")
+
+
+def period_next_reset(period: str, *, now: datetime) -> datetime | None:
+    """When the period containing ``now`` ends (UTC), or ``None`` for period ``none``.
+
+    ``day``: next midnight; ``week``: next Monday 00:00; ``month``: the 1st of next month
+    00:00. At exactly a boundary the *next* boundary is returned (the period just began).
+    """
+    if period == Quota.Period.NONE:
+        return None
+    start = period_start(period, now=now)
+    if period == Quota.Period.DAY:
+        return start + timedelta(days=1)
+    if period == Quota.Period.WEEK:
+        return start + timedelta(days=7)
+    if start.month == 12:
+        return start.replace(year=start.year + 1, month=1)
+    return start.replace(month=start.month + 1)
+
+
+# --- Reads -------------------------------------------------------------------------------
+
+
+def _remaining(limit: int, used: int, reserved: int) -> int:
+    return max(0, limit - used - reserved)
+
+
+def quota_as_dict(quota: Quota) -> dict[str, Any]:
+    """The contract's Quota resource for a loaded row (no database access, no reset)."""
+    return {
+        "period": quota.period,
+        "requests_limit": quota.requests_limit,
+        "requests_used": quota.requests_used,
+        "requests_remaining": _remaining(
+            quota.requests_limit, quota.requests_used, quota.requests_reserved
+        ),
+        "tokens_limit": quota.tokens_limit,
+        "tokens_used": quota.tokens_used,
+        "tokens_remaining": _remaining(
+            quota.tokens_limit, quota.tokens_used, quota.tokens_reserved
+        ),
+        "resets_at": quota.resets_at.astimezone(UTC).isoformat() if quota.resets_at else None,
+    }
+
+
+def quota_get_or_create(*, user: AbstractBaseUser, now: datetime | None = None) -> Quota:
+    """The user's quota, created on first use from ``QUOTA_*`` settings (race-safe)."""
+    quota = Quota.objects.filter(user=user).first()
+    if quota is not None:
+        return quota
+    now = now or timezone.now()
+    period = settings.QUOTA_PERIOD
+    try:
+        with transaction.atomic():
+            return Quota.objects.create(
+                user=user,
+                period=period,
+                requests_limit=settings.QUOTA_REQUESTS_LIMIT,
+                tokens_limit=settings.QUOTA_TOKENS_LIMIT,
+                period_started_at=period_start(period, now=now),
+                resets_at=period_next_reset(period, now=now),
+            )
+    except IntegrityError:
+        # Another request created it between our read and our insert.
+        return Quota.objects.get(user=user)
+
+
+def _lazy_reset(*, quota_id: int, now: datetime) -> bool:
+    """Start the current period if ``resets_at`` has passed: a conditional update.
+
+    Only the row whose ``resets_at`` is still in the past is touched, so two concurrent
+    callers reset once. ``*_reserved`` are left alone. Returns True if it reset.
+    """
+    quota = Quota.objects.filter(pk=quota_id).values("period", "resets_at").first()
+    if quota is None or quota["resets_at"] is None or quota["resets_at"] > now:
+        return False
+    period = quota["period"]
+    return bool(
+        Quota.objects.filter(
+            pk=quota_id, period=period, resets_at__isnull=False, resets_at__lte=now
+        ).update(
+            requests_used=0,
+            tokens_used=0,
+            period_started_at=period_start(period, now=now),
+            resets_at=period_next_reset(period, now=now),
+            updated_at=now,
+        )
+    )
+
+
+def quota_snapshot(*, user: AbstractBaseUser, now: datetime | None = None) -> dict[str, Any]:
+    """The caller's quota as the contract's resource (applies the lazy reset).
+
+    Keys: period, requests_limit, requests_used, requests_remaining, tokens_limit,
+    tokens_used, tokens_remaining, resets_at (ISO 8601 or None). ``*_remaining`` is
+    limit - used - reserved (replies in flight), floored at 0.
+    """
+    now = now or timezone.now()
+    quota = quota_get_or_create(user=user, now=now)
+    if quota.resets_at is not None and quota.resets_at <= now:
+        with transaction.atomic():
+            _lazy_reset(quota_id=quota.pk, now=now)
+        quota.refresh_from_db()
+    return quota_as_dict(quota)
+
+
+# --- Reserve, settle, release ----------------------------------------------------------------
+
+
+def _retry_after(quota: Quota, *, tokens: int, now: datetime) -> int:
+    """Seconds a refused client should wait: until the reset, or less if only replies in
+    flight are in the way (they settle or release soon)."""
+    until_reset = (
+        max(1, math.ceil((quota.resets_at - now).total_seconds()))
+        if quota.resets_at is not None
+        else RETRY_AFTER_NO_RESET_SECONDS
+    )
+    fits_without_in_flight = (
+        quota.requests_used < quota.requests_limit
+        and quota.tokens_used + tokens <= quota.tokens_limit
+    )
+    if fits_without_in_flight and (quota.requests_reserved or quota.tokens_reserved):
+        return min(until_reset, RETRY_AFTER_IN_FLIGHT_SECONDS)
+    return until_reset
+
+
+def quota_reserve(
+    *,
+    user: AbstractBaseUser,
+    tokens: int,
+    message_id: uuid.UUID | str | None = None,
+    now: datetime | None = None,
+) -> Reservation:
+    """Hold one request and ``tokens`` of the user's quota for a reply, atomically.
+
+    ``tokens`` is the estimate of what the reply may use (the prompt's tokens plus the most
+    the model may write, e.g. ``AI_MAX_OUTPUT_TOKENS``); it must fit in what is left, and
+    the real count replaces it at :func:`quota_settle`. Room is checked and taken by one
+    conditional UPDATE (requests_used + requests_reserved < requests_limit and
+    tokens_used + tokens_reserved + tokens <= tokens_limit), after the lazy reset.
+
+    ``message_id`` optionally links the reply's message now (see also
+    :func:`reservation_attach_message`).
+
+    Raises :class:`QuotaExceeded` (429, data ``{"quota": ...}``, header ``Retry-After``).
+    """
+    if tokens < 0:
+        raise ValueError("tokens must not be negative")
+    now = now or timezone.now()
+    quota = quota_get_or_create(user=user, now=now)
+    with transaction.atomic():
+        _lazy_reset(quota_id=quota.pk, now=now)
+        taken = Quota.objects.filter(
+            pk=quota.pk,
+            requests_limit__gt=F("requests_used") + F("requests_reserved"),
+            tokens_limit__gte=F("tokens_used") + F("tokens_reserved") + tokens,
+        ).update(
+            requests_reserved=F("requests_reserved") + 1,
+            tokens_reserved=F("tokens_reserved") + tokens,
+            updated_at=now,
+        )
+        if taken:
+            # Our UPDATE holds the row (PostgreSQL) or the database (SQLite) until commit,
+            # so this is the period the request was taken in.
+            period_started_at = (
+                Quota.objects.filter(pk=quota.pk).values_list("period_started_at", flat=True).get()
+            )
+            return Reservation.objects.create(
+                user=user,
+                message_id=message_id,
+                tokens=tokens,
+                period_started_at=period_started_at,
+            )
+    quota.refresh_from_db()
+    raise QuotaExceeded(
+        data={"quota": quota_as_dict(quota)},
+        headers={"Retry-After": str(_retry_after(quota, tokens=tokens, now=now))},
+    )
+
+
+def _close(
+    *,
+    reservation_id: uuid.UUID | str,
+    status: str,
+    requests: int,
+    tokens: int,
+    now: datetime | None,
+) -> bool:
+    """Close a held reservation once: leave reserved, charge used if the period is the same."""
+    if requests < 0 or tokens < 0:
+        raise ValueError("requests and tokens must not be negative")
+    now = now or timezone.now()
+    reservation = (
+        Reservation.objects.filter(pk=reservation_id)
+        .values("user_id", "tokens", "period_started_at", "status")
+        .first()
+    )
+    if reservation is None or reservation["status"] != Reservation.Status.HELD:
+        return False
+    with transaction.atomic():
+        # Lock the quota first (the same order as quota_reserve: quota, then reservation).
+        quota = (
+            Quota.objects.select_for_update()
+            .filter(user_id=reservation["user_id"])
+            .values("pk", "period_started_at")
+            .first()
+        )
+        same_period = (
+            quota is not None and quota["period_started_at"] == reservation["period_started_at"]
+        )
+        charged_requests = requests if same_period else 0
+        charged_tokens = tokens if same_period else 0
+        closed = Reservation.objects.filter(
+            pk=reservation_id, status=Reservation.Status.HELD
+        ).update(
+            status=status,
+            requests_charged=charged_requests,
+            tokens_charged=charged_tokens,
+            closed_at=now,
+        )
+        if not closed:
+            return False  # closed by someone else meanwhile: nothing changes
+        if quota is not None:
+            Quota.objects.filter(pk=quota["pk"]).update(
+                requests_reserved=Greatest(
+                    F("requests_reserved") - 1, 0, output_field=IntegerField()
+                ),
+                tokens_reserved=Greatest(
+                    F("tokens_reserved") - reservation["tokens"], 0, output_field=BigIntegerField()
+                ),
+                requests_used=F("requests_used") + charged_requests,
+                tokens_used=F("tokens_used") + charged_tokens,
+                updated_at=now,
+            )
+    return True
+
+
+def quota_settle(
+    *,
+    reservation_id: uuid.UUID | str,
+    requests: int,
+    tokens: int,
+    now: datetime | None = None,
+) -> bool:
+    """Close a reservation and charge what the reply used.
+
+    ``requests`` is 1 for a completed reply and 0 otherwise; ``tokens`` is what the
+    provider really used (reply and extraction, estimated where it reports nothing).
+    The reservation's hold leaves ``*_reserved`` (never below 0) and the charge goes to
+    ``*_used`` -- unless the quota was reset since the reservation was taken, in which case
+    nothing is charged (the old period's counters are gone; the new one must not pay).
+
+    Returns False, changing nothing, if the reservation is unknown or already closed, so
+    calling it twice (or after :func:`quota_release`) is harmless.
+    """
+    return _close(
+        reservation_id=reservation_id,
+        status=Reservation.Status.SETTLED,
+        requests=requests,
+        tokens=tokens,
+        now=now,
+    )
+
+
+def quota_release(*, reservation_id: uuid.UUID | str, now: datetime | None = None) -> bool:
+    """Close a reservation charging nothing (a reply that failed before any output).
+
+    Returns False, changing nothing, if it is unknown or already closed (idempotent).
+    """
+    return _close(
+        reservation_id=reservation_id,
+        status=Reservation.Status.RELEASED,
+        requests=0,
+        tokens=0,
+        now=now,
+    )
+
+
+def reservation_attach_message(
+    *, reservation_id: uuid.UUID | str, message_id: uuid.UUID | str
+) -> None:
+    """Link a reservation to the assistant message it pays for (for start-up recovery)."""
+    Reservation.objects.filter(pk=reservation_id).update(message_id=message_id)
+
+
+def reservations_release_stale(
+    *,
+    message_ids: Iterable[uuid.UUID | str] | None = None,
+    older_than: timedelta | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Release held reservations of replies that will never finish; returns how many.
+
+    ``message_ids``: reservations of these messages (e.g. the ones just marked
+    ``interrupted`` at start-up). ``older_than``: reservations held longer than this (a
+    safety net longer than ``CHAT_STREAM_TIMEOUT_SECONDS``). Both given: either matches.
+    At least one is required, so a live process's replies are never released by accident.
+    """
+    if message_ids is None and older_than is None:
+        raise ValueError("Give message_ids or older_than.")
+    now = now or timezone.now()
+    held = Reservation.objects.filter(status=Reservation.Status.HELD)
+    ids: set[uuid.UUID] = set()
+    if message_ids is not None:
+        ids.update(held.filter(message_id__in=list(message_ids)).values_list("pk", flat=True))
+    if older_than is not None:
+        ids.update(held.filter(created_at__lt=now - older_than).values_list("pk", flat=True))
+    return sum(quota_release(reservation_id=pk, now=now) for pk in ids)
+
+
+# --- Resets and limits ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuotaResetResult:
+    """One quota that was (or, in a dry run, would be) reset: counters before, next reset."""
+
+    user_id: int
+    username: str
+    period: str
+    requests_used: int
+    tokens_used: int
+    requests_reserved: int
+    tokens_reserved: int
+    resets_at: datetime | None
+
+
+def quota_reset(
+    *,
+    users: QuerySet | Iterable[AbstractBaseUser] | None = None,
+    only_expired: bool = False,
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> list[QuotaResetResult]:
+    """Reset used counters and start a new period for existing quotas.
+
+    ``users``: a queryset or iterable of users, or None for everyone with a quota (users
+    without one are skipped: they start fresh on first use). ``only_expired``: only quotas
+    whose ``resets_at`` has passed (what the lazy reset would do; safe from cron), and the
+    new period is the calendar one. Otherwise the new period starts ``now`` and ends at the
+    usual calendar boundary; reservations held from before the reset then charge nothing
+    when they close. ``*_reserved`` are never touched. ``dry_run`` reports, changes nothing.
+    Each quota is reset by its own conditional update (race-safe with the lazy reset).
+    """
+    now = now or timezone.now()
+    quotas = Quota.objects.select_related("user").order_by("user__username")
+    if users is not None:
+        if isinstance(users, QuerySet):
+            quotas = quotas.filter(user__in=users)
+        else:
+            quotas = quotas.filter(user_id__in=[u.pk for u in users])
+    if only_expired:
+        quotas = quotas.filter(resets_at__isnull=False, resets_at__lte=now)
+    username_field = get_user_model().USERNAME_FIELD
+    results: list[QuotaResetResult] = []
+    for quota in quotas:
+        started = period_start(quota.period, now=now) if only_expired else now
+        resets_at = period_next_reset(quota.period, now=now)
+        if not dry_run:
+            target = Quota.objects.filter(pk=quota.pk)
+            if only_expired:
+                target = target.filter(resets_at__isnull=False, resets_at__lte=now)
+            with transaction.atomic():
+                done = target.update(
+                    requests_used=0,
+                    tokens_used=0,
+                    period_started_at=started,
+                    resets_at=resets_at,
+                    updated_at=now,
+                )
+            if not done:
+                continue  # reset lazily by a request meanwhile
+        results.append(
+            QuotaResetResult(
+                user_id=quota.user_id,
+                username=str(getattr(quota.user, username_field)),
+                period=quota.period,
+                requests_used=quota.requests_used,
+                tokens_used=quota.tokens_used,
+                requests_reserved=quota.requests_reserved,
+                tokens_reserved=quota.tokens_reserved,
+                resets_at=resets_at,
+            )
+        )
+    return results
+
+
+def quota_set_limits(
+    *,
+    quota: Quota,
+    period: str,
+    requests_limit: int,
+    tokens_limit: int,
+    now: datetime | None = None,
+) -> Quota:
+    """Change a quota's period and limits without touching its counters (admin override).
+
+    Writes only these fields (plus ``resets_at`` when the period changes, to the end of the
+    new calendar period from ``now``), so a concurrent reservation is never overwritten.
+    """
+    now = now or timezone.now()
+    fields: dict[str, Any] = {
+        "period": period,
+        "requests_limit": requests_limit,
+        "tokens_limit": tokens_limit,
+        "updated_at": now,
+    }
+    current = Quota.objects.filter(pk=quota.pk).values_list("period", flat=True).get()
+    if current != period:
+        fields["resets_at"] = period_next_reset(period, now=now)
+    with transaction.atomic():
+        Quota.objects.filter(pk=quota.pk).update(**fields)
+    quota.refresh_from_db()
+    return quota

@@ -1,0 +1,56 @@
+"""Writes of the ai app: the usage ledger (quota writes are in :mod:`ai.quota`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+
+from ai.models import UsageRecord
+
+
+def usage_record_create(
+    *,
+    user: AbstractBaseUser,
+    provider: str,
+    model: str,
+    purpose: str,
+    input_tokens: int,
+    output_tokens: int,
+    estimated: bool,
+    tokens_charged: int,
+    outcome: str,
+    error_code: str = "",
+    duration_ms: int = 0,
+    context: Any = None,
+    conversation: Any = None,
+    message: Any = None,
+) -> UsageRecord:
+    """Write one line of the usage ledger for one AI call (a reply or a flow extraction).
+
+    ``purpose`` is a :class:`UsageRecord.Purpose` (``reply``, ``extraction``), ``outcome`` a
+    :class:`UsageRecord.Outcome` (``complete``, ``cancelled``, ``failed``,
+    ``interrupted``). ``estimated`` says the token counts were estimated from the text
+    because the provider reported none. ``tokens_charged`` is what was counted against the
+    quota. ``context``, ``conversation`` and ``message`` are model instances or None.
+    """
+    if purpose not in UsageRecord.Purpose.values:
+        raise ValueError(f"Unknown usage purpose {purpose!r}.")
+    if outcome not in UsageRecord.Outcome.values:
+        raise ValueError(f"Unknown usage outcome {outcome!r}.")
+    return UsageRecord.objects.create(
+        user=user,
+        provider=provider[:32],
+        model=(model or "")[:128],
+        purpose=purpose,
+        input_tokens=max(0, int(input_tokens)),
+        output_tokens=max(0, int(output_tokens)),
+        estimated=estimated,
+        tokens_charged=max(0, int(tokens_charged)),
+        outcome=outcome,
+        error_code=(error_code or "")[:32],
+        duration_ms=max(0, int(duration_ms)),
+        context=context,
+        conversation=conversation,
+        message=message,
+    )

@@ -1,0 +1,55 @@
+"""Running synchronous database units from async code, on a bounded pool of threads.
+
+Transactions are not available in async code, so every transactional unit is one sync
+function. ``db_run`` runs it on a small dedicated pool (bounding the number of database
+connections that streaming turns hold), closes connections that went stale or broke,
+and never ties a long-lived generation to a request's thread.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import ParamSpec, TypeVar
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections, connections
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def _get_executor() -> ThreadPoolExecutor:
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(
+            max_workers=getattr(settings, "DB_THREADS", 8), thread_name_prefix="db-unit"
+        )
+    return _executor
+
+
+def _unit(func: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(func)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        close_old_connections()
+        try:
+            return func(*args, **kwargs)
+        except DatabaseError:
+            # A broken connection must not poison the next unit on this thread.
+            for conn in connections.all(initialized_only=True):
+                if conn.connection is not None and not conn.is_usable():
+                    conn.close()
+            raise
+
+    return run
+
+
+async def db_run(func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+    """Run ``func(*args, **kwargs)`` on the database pool and return its result."""
+    return await sync_to_async(_unit(func), thread_sensitive=False, executor=_get_executor())(
+        *args, **kwargs
+    )

@@ -1,0 +1,118 @@
+"""REST endpoints for contexts, conversations and messages: thin, scoped to the caller."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import generics, serializers
+from rest_framework.request import Request
+
+from chatproject.errors import InvalidRequest
+from conversations import selectors, services
+from conversations.models import Context, Conversation, Message
+from conversations.serializers import (
+    ContextSerializer,
+    ConversationSerializer,
+    MessageSerializer,
+)
+
+
+def uuid_query_param(request: Request, name: str):  # type: ignore[no-untyped-def]
+    """A UUID filter from the query string; 400 naming the parameter when malformed."""
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        return None
+    value = selectors.parse_uuid(raw)
+    if value is None:
+        raise InvalidRequest({name: ["Must be a valid UUID."]})
+    return value
+
+
+def choice_query_param(request: Request, name: str, choices: list[str]) -> str | None:
+    """A choice filter from the query string; 400 naming the parameter when unknown."""
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        return None
+    if raw not in choices:
+        raise InvalidRequest({name: [f"Must be one of: {', '.join(choices)}."]})
+    return raw
+
+
+class ContextListCreateApi(generics.ListCreateAPIView):
+    serializer_class = ContextSerializer
+
+    def get_queryset(self) -> QuerySet[Context]:
+        return selectors.context_list(user=self.request.user)
+
+    def perform_create(self, serializer: serializers.BaseSerializer) -> None:
+        serializer.instance = services.context_create(
+            user=self.request.user, **serializer.validated_data
+        )
+
+
+class ContextDetailApi(generics.RetrieveUpdateDestroyAPIView):
+    serializer_class = ContextSerializer
+    http_method_names = ["get", "patch", "delete", "head", "options"]
+
+    def get_object(self) -> Context:
+        return selectors.context_get(user=self.request.user, context_id=self.kwargs["pk"])
+
+    def perform_update(self, serializer: serializers.BaseSerializer) -> None:
+        serializer.instance = services.context_update(
+            context=serializer.instance, data=serializer.validated_data
+        )
+
+    def perform_destroy(self, instance: Context) -> None:
+        services.context_delete(context=instance)
+
+
+@extend_schema(
+    parameters=[OpenApiParameter("context_id", str, description="Only this context's.")]
+)
+class ConversationListApi(generics.ListAPIView):
+    serializer_class = ConversationSerializer
+
+    def get_queryset(self) -> QuerySet[Conversation]:
+        context_id = uuid_query_param(self.request, "context_id")
+        return selectors.conversation_list(user=self.request.user, context_id=context_id)
+
+
+class ConversationDetailApi(generics.RetrieveUpdateDestroyAPIView):
+    serializer_class = ConversationSerializer
+    http_method_names = ["get", "patch", "delete", "head", "options"]
+
+    def get_object(self) -> Conversation:
+        return selectors.conversation_get(
+            user=self.request.user, conversation_id=self.kwargs["pk"]
+        )
+
+    def perform_update(self, serializer: serializers.BaseSerializer) -> None:
+        title = serializer.validated_data.get("title", serializer.instance.title)
+        serializer.instance = services.conversation_update(
+            conversation=serializer.instance, title=title
+        )
+
+    def perform_destroy(self, instance: Conversation) -> None:
+        services.conversation_delete(conversation=instance)
+
+
+class ConversationMessagesApi(generics.ListAPIView):
+    """Messages of one conversation, oldest first."""
+
+    serializer_class = MessageSerializer
+
+    def get_queryset(self) -> QuerySet[Message]:
+        conversation = selectors.conversation_get(
+            user=self.request.user, conversation_id=self.kwargs["pk"]
+        )
+        return selectors.message_list(conversation=conversation)
+
+
+class MessageDetailApi(generics.RetrieveAPIView):
+    """One message (its status, content so far, usage)."""
+
+    serializer_class = MessageSerializer
+
+    def get_object(self) -> Message:
+        return selectors.message_get(user=self.request.user, message_id=self.kwargs["pk"])
+

@@ -1,0 +1,143 @@
+"""Input and output shapes of the conversations API (contract section 1)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from conversations.models import Context, Conversation, Message
+
+MAX_USER_CONTENT = 10_000
+MAX_HISTORY = 100
+
+
+class ContextSerializer(serializers.ModelSerializer):
+    name = serializers.CharField(min_length=1, max_length=100, trim_whitespace=True)
+    description = serializers.CharField(
+        max_length=2000, allow_blank=True, required=False, default=""
+    )
+    instructions = serializers.CharField(
+        max_length=4000, allow_blank=True, required=False, default=""
+    )
+
+    class Meta:
+        model = Context
+        fields = ["id", "name", "description", "instructions", "created_at", "updated_at"]
+        read_only_fields = ["id", "created_at", "updated_at"]
+
+
+class ConversationSerializer(serializers.ModelSerializer):
+    context_id = serializers.UUIDField(read_only=True)
+    title = serializers.CharField(max_length=200, allow_blank=True, required=False)
+
+    class Meta:
+        model = Conversation
+        fields = ["id", "context_id", "title", "created_at", "updated_at"]
+        read_only_fields = ["id", "context_id", "created_at", "updated_at"]
+
+
+class UsageSerializer(serializers.Serializer):
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    estimated = serializers.BooleanField()
+
+
+class MessageSerializer(serializers.ModelSerializer):
+    conversation_id = serializers.UUIDField(read_only=True)
+    usage = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Message
+        fields = [
+            "id",
+            "conversation_id",
+            "role",
+            "content",
+            "status",
+            "finish_reason",
+            "usage",
+            "provider",
+            "model",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+    def get_usage(self, obj: Message) -> UsageSerializer:  # type: ignore[override]
+        return message_usage(obj)  # type: ignore[return-value]
+
+
+def message_usage(message: Message) -> dict[str, Any]:
+    """The ``usage`` object of a message."""
+    return {
+        "input_tokens": message.input_tokens,
+        "output_tokens": message.output_tokens,
+        "estimated": message.usage_estimated,
+    }
+
+
+def message_to_dict(message: Message) -> dict[str, Any]:
+    """A message as the API shows it (without a serializer round trip on the hot path)."""
+    return {
+        "id": str(message.id),
+        "conversation_id": str(message.conversation_id),
+        "role": message.role,
+        "content": message.content,
+        "status": message.status,
+        "finish_reason": message.finish_reason,
+        "usage": message_usage(message),
+        "provider": message.provider,
+        "model": message.model,
+        "created_at": message.created_at.isoformat().replace("+00:00", "Z"),
+    }
+
+
+class ChatMessageInputSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["user", "assistant", "system"])
+    content = serializers.CharField(
+        min_length=1, max_length=MAX_USER_CONTENT, trim_whitespace=False
+    )
+
+
+class ChatTurnInputSerializer(serializers.Serializer):
+    """Both body shapes of contract section 3.
+
+    ``{"context_id", "conversation_id"?, "messages": [...]}`` (client-kept history) or
+    ``{"conversation_id", "message", "context_id"?}`` (server-kept history).
+    """
+
+    context_id = serializers.UUIDField(required=False, allow_null=True)
+    conversation_id = serializers.UUIDField(required=False, allow_null=True)
+    message = serializers.CharField(
+        required=False, min_length=1, max_length=MAX_USER_CONTENT, trim_whitespace=False
+    )
+    messages = ChatMessageInputSerializer(
+        many=True, required=False, min_length=1, max_length=MAX_HISTORY
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        has_message = "message" in attrs
+        has_messages = "messages" in attrs
+        if has_message and has_messages:
+            raise serializers.ValidationError(
+                {"message": ["Send either 'message' or 'messages', not both."]}
+            )
+        if not has_message and not has_messages:
+            raise serializers.ValidationError(
+                {"messages": ["Send 'messages' (with context_id) or 'message' (with conversation_id)."]}
+            )
+        if has_messages:
+            if not attrs.get("context_id") and not attrs.get("conversation_id"):
+                raise serializers.ValidationError({"context_id": ["This field is required."]})
+            if attrs["messages"][-1]["role"] != "user":
+                raise serializers.ValidationError(
+                    {"messages": ["The last message must have role 'user'."]}
+                )
+        if has_message and not attrs.get("conversation_id"):
+            raise serializers.ValidationError(
+                {"conversation_id": ["This field is required with 'message'."]}
+            )
+        if not (attrs.get("message") or attrs["messages"][-1]["content"]).strip():
+            field = "message" if has_message else "messages"
+            raise serializers.ValidationError({field: ["The message must not be blank."]})
+        return attrs

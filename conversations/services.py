@@ -1,0 +1,330 @@
+"""Writes for contexts, conversations and the chat turn's messages."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from ai.models import Quota, Reservation
+from ai.providers.base import ChatMessage, Usage
+from chatproject.errors import Conflict, InvalidRequest, NotFound, ServiceError
+from conversations.models import Context, Conversation, Message
+from conversations.selectors import history_for_model
+from flows.extraction import FlowDraft
+from flows.models import Flow
+from flows.services import flows_store
+
+_NAME_TAKEN = "You already have a context with this name."
+
+
+def context_create(
+    *, user: AbstractBaseUser, name: str, description: str = "", instructions: str = ""
+) -> Context:
+    """Create a context; a duplicate name answers 400 naming ``name``."""
+    try:
+        with transaction.atomic():
+            return Context.objects.create(
+                user=user, name=name, description=description, instructions=instructions
+            )
+    except IntegrityError as exc:
+        raise InvalidRequest({"name": [_NAME_TAKEN]}) from exc
+
+
+def context_update(*, context: Context, data: dict[str, Any]) -> Context:
+    """Update name, description or instructions."""
+    for field in ("name", "description", "instructions"):
+        if field in data:
+            setattr(context, field, data[field])
+    try:
+        with transaction.atomic():
+            context.save()
+    except IntegrityError as exc:
+        raise InvalidRequest({"name": [_NAME_TAKEN]}) from exc
+    return context
+
+
+def _ensure_not_streaming(qs) -> None:  # type: ignore[no-untyped-def]
+    if qs.filter(status=Message.Status.STREAMING).exists():
+        raise Conflict(
+            "A reply is streaming; cancel it or wait for it to finish.",
+            code="conversation_busy",
+        )
+
+
+def context_delete(*, context: Context) -> None:
+    """Delete a context with its conversations and flows (409 while a reply streams)."""
+    _ensure_not_streaming(Message.objects.filter(conversation__context=context))
+    context.delete()
+
+
+def conversation_update(*, conversation: Conversation, title: str) -> Conversation:
+    conversation.title = title
+    conversation.save(update_fields=["title", "updated_at"])
+    return conversation
+
+
+def conversation_delete(*, conversation: Conversation) -> None:
+    """Delete a conversation and its messages (409 while a reply streams)."""
+    _ensure_not_streaming(conversation.messages.all())
+    conversation.delete()
+
+
+# --- The chat turn's writes ----------------------------------------------------------------
+# Each function is one transactional unit, called from the async turn through db_run.
+
+
+@dataclass(slots=True)
+class PreparedTurn:
+    """What the turn needs after its pre-stream checks and first writes."""
+
+    user_id: int
+    context_id: uuid.UUID
+    context_name: str
+    context_instructions: str
+    conversation_id: uuid.UUID
+    user_message: Message
+    assistant_message: Message
+    reservation_id: uuid.UUID
+    history: list[ChatMessage]
+    quota: dict[str, Any]
+
+
+def _resolve_conversation(
+    *, user: AbstractBaseUser, context_id: uuid.UUID | None, conversation_id: uuid.UUID | None,
+    first_text: str,
+) -> tuple[Context, Conversation]:
+    if conversation_id:
+        conversation = (
+            Conversation.objects.select_related("context")
+            .filter(user=user, pk=conversation_id)
+            .first()
+        )
+        if conversation is None:
+            raise NotFound("Conversation not found.")
+        if context_id and conversation.context_id != context_id:
+            raise InvalidRequest(
+                {"context_id": ["Does not match the conversation's context."]}
+            )
+        return conversation.context, conversation
+    context = Context.objects.filter(user=user, pk=context_id).first()
+    if context is None:
+        raise NotFound("Context not found.")
+    title = " ".join(first_text.split())[:80]
+    conversation = Conversation.objects.create(user=user, context=context, title=title)
+    return context, conversation
+
+
+def turn_prepare(
+    *,
+    user: AbstractBaseUser,
+    context_id: uuid.UUID | None,
+    conversation_id: uuid.UUID | None,
+    content: str,
+    client_history: list[dict[str, str]] | None,
+    provider: str,
+    model: str,
+    worker: str,
+    history_limit: int,
+    max_streams: int,
+    reserve_tokens: Callable[[list[ChatMessage], str], int],
+    system_prompt: Callable[[Context], str],
+) -> PreparedTurn:
+    """Check and start a turn in one transaction (contract 3 and 3.2).
+
+    Ownership (404), a reply already streaming into the conversation (409
+    ``conversation_busy``), too many open streams (429 ``too_many_streams``) and quota (429
+    ``quota_exceeded``) are checked; then the user message is stored, the assistant message
+    is stored as ``streaming`` and quota is reserved, all or nothing. The quota row is
+    locked first, so one user's concurrent turns are serialized here.
+    """
+    from ai.quota import quota_get_or_create, quota_reserve, quota_snapshot
+
+    with transaction.atomic():
+        quota_get_or_create(user=user)
+        Quota.objects.select_for_update().filter(user=user).first()
+        context, conversation = _resolve_conversation(
+            user=user, context_id=context_id, conversation_id=conversation_id, first_text=content
+        )
+        streaming = Message.objects.filter(user=user, status=Message.Status.STREAMING)
+        if streaming.filter(conversation=conversation).exists():
+            raise Conflict(
+                "A reply is already streaming into this conversation.", code="conversation_busy"
+            )
+        if streaming.count() >= max_streams:
+            raise ServiceError(
+                f"You have {max_streams} replies streaming; wait for one to finish.",
+                code="too_many_streams",
+                status_code=429,
+                headers={"Retry-After": "5"},
+            )
+        now = timezone.now()
+        user_message = Message.objects.create(
+            user=user, conversation=conversation, role=Message.Role.USER, content=content,
+            created_at=now,
+        )
+        if client_history is not None:
+            history = [ChatMessage(m["role"], m["content"]) for m in client_history]
+        else:
+            history = [
+                ChatMessage(m.role, m.content)  # type: ignore[arg-type]
+                for m in history_for_model(conversation=conversation, limit=history_limit)
+            ]
+        system = system_prompt(context)
+        reservation = quota_reserve(user=user, tokens=reserve_tokens(history, system))
+        assistant_message = Message.objects.create(
+            user=user,
+            conversation=conversation,
+            role=Message.Role.ASSISTANT,
+            status=Message.Status.STREAMING,
+            provider=provider,
+            model=model,
+            worker=worker,
+            created_at=now + timedelta(microseconds=1),
+        )
+        Reservation.objects.filter(pk=reservation.pk).update(message=assistant_message)
+        Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
+        return PreparedTurn(
+            user_id=user.pk,
+            context_id=context.id,
+            context_name=context.name,
+            context_instructions=context.instructions,
+            conversation_id=conversation.id,
+            user_message=user_message,
+            assistant_message=assistant_message,
+            reservation_id=reservation.pk,
+            history=history,
+            quota=quota_snapshot(user=user),
+        )
+
+
+def reply_checkpoint(*, message_id: uuid.UUID, content: str) -> bool:
+    """Save a streaming reply's text so far; False when the reply should stop.
+
+    It stops when the row is gone, no longer streaming, or a cancel was requested from
+    another process. Also the generation's heartbeat (``updated_at``).
+    """
+    updated = Message.objects.filter(
+        pk=message_id, status=Message.Status.STREAMING, cancel_requested=False
+    ).update(content=content, updated_at=timezone.now())
+    return updated == 1
+
+
+@dataclass(slots=True)
+class ReplyOutcome:
+    """How a reply ended, as stored."""
+
+    status: str
+    finish_reason: str
+    content: str
+    usage: Usage
+    error_code: str = ""
+    duration_ms: int = 0
+
+
+def reply_finish(*, turn: PreparedTurn, outcome: ReplyOutcome) -> None:
+    """Store the reply's final text, status, finish reason and usage."""
+    from ai.services import usage_record_create
+
+    message = turn.assistant_message
+    with transaction.atomic():
+        Message.objects.filter(pk=message.pk).update(
+            content=outcome.content,
+            status=outcome.status,
+            finish_reason=outcome.finish_reason,
+            error_code=outcome.error_code,
+            input_tokens=outcome.usage.input_tokens,
+            output_tokens=outcome.usage.output_tokens,
+            usage_estimated=outcome.usage.estimated,
+            updated_at=timezone.now(),
+        )
+        usage_record_create(
+            user=message.user,
+            context=message.conversation.context,
+            conversation=message.conversation,
+            message=message,
+            provider=message.provider,
+            model=message.model,
+            purpose="reply",
+            input_tokens=outcome.usage.input_tokens,
+            output_tokens=outcome.usage.output_tokens,
+            estimated=outcome.usage.estimated,
+            tokens_charged=reply_tokens_charged(outcome),
+            outcome=outcome.status,
+            error_code=outcome.error_code,
+            duration_ms=outcome.duration_ms,
+        )
+
+
+def reply_tokens_charged(outcome: ReplyOutcome) -> int:
+    """Tokens a reply counts against the quota (contract 3.2).
+
+    A complete or cancelled reply counts what the provider used; a failed one only the
+    output that was delivered (nothing when it failed before any output).
+    """
+    if outcome.status in (Message.Status.COMPLETE, Message.Status.CANCELLED):
+        return outcome.usage.total
+    return outcome.usage.output_tokens if outcome.content else 0
+
+
+def turn_settle(
+    *,
+    turn: PreparedTurn,
+    outcome: ReplyOutcome,
+    drafts: list[FlowDraft],
+    extraction_usage: Usage | None,
+    extraction_error: str = "",
+) -> tuple[list[Flow], dict[str, Any]]:
+    """Store the extracted flows and settle the quota: the turn's last write.
+
+    A request is consumed only by a complete reply; tokens for the reply and extraction.
+    Returns the stored flows and the quota afterwards.
+    """
+    from ai.quota import quota_release, quota_settle, quota_snapshot
+    from ai.services import usage_record_create
+
+    message = turn.assistant_message
+    with transaction.atomic():
+        flows = flows_store(message=message, context_id=turn.context_id, drafts=drafts)
+        tokens = reply_tokens_charged(outcome)
+        if extraction_usage is not None:
+            tokens += extraction_usage.total
+            usage_record_create(
+                user=message.user,
+                context=message.conversation.context,
+                conversation=message.conversation,
+                message=message,
+                provider=message.provider,
+                model=message.model,
+                purpose="extraction",
+                input_tokens=extraction_usage.input_tokens,
+                output_tokens=extraction_usage.output_tokens,
+                estimated=extraction_usage.estimated,
+                tokens_charged=extraction_usage.total,
+                outcome="failed" if extraction_error else "complete",
+                error_code=extraction_error,
+            )
+        complete = outcome.status == Message.Status.COMPLETE
+        if tokens or complete:
+            quota_settle(
+                reservation_id=turn.reservation_id, requests=1 if complete else 0, tokens=tokens
+            )
+        else:
+            quota_release(reservation_id=turn.reservation_id)
+        return flows, quota_snapshot(user=message.user)
+
+
+def message_request_cancel(*, message_id: uuid.UUID) -> bool:
+    """Ask the process running a reply to stop it (it sees this at its next checkpoint)."""
+    return (
+        Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(
+            cancel_requested=True
+        )
+        == 1
+    )

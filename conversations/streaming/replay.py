@@ -1,0 +1,117 @@
+"""Following a reply from the database: a finished reply, or one that another process runs.
+
+The stored text is always a prefix of the reply (checkpoints save the text so far), so
+the event ids of :mod:`conversations.streaming.generations` hold here too: a finished
+reply replays exactly what the client missed; one still streaming elsewhere is followed by
+polling its checkpoints until it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from django.conf import settings
+
+from ai.providers.base import Usage
+from chatproject.db import db_run
+from conversations.models import Message
+from conversations.streaming.generations import (
+    KEEPALIVE,
+    TEXT_BASE,
+    preamble,
+    trailing_event_id,
+)
+from conversations.streaming.sse import encode_chunk, encode_event, retry_line
+
+POLL_SECONDS = 0.25
+
+
+def stored_metadata(message: Message) -> dict[str, Any]:
+    """The ``metadata`` event of a stored reply."""
+    from ai.quota import quota_snapshot
+
+    conversation = message.conversation
+    user_message = (
+        Message.objects.filter(
+            conversation=conversation, role=Message.Role.USER, created_at__lte=message.created_at
+        )
+        .order_by("-created_at", "-id")
+        .first()
+    )
+    return {
+        "conversation_id": str(conversation.id),
+        "context_id": str(conversation.context_id),
+        "user_message_id": str(user_message.id) if user_message else None,
+        "message_id": str(message.id),
+        "provider": message.provider,
+        "model": message.model,
+        "quota": quota_snapshot(user=message.user),
+        "resume_url": f"/api/v1/messages/{message.id}/stream",
+    }
+
+
+def stored_trailing(message: Message) -> list[tuple[str, dict[str, Any]]]:
+    """The trailing events of a finished reply, as its generation sent them."""
+    from ai.quota import quota_snapshot
+    from conversations.streaming.turn import trailing_events
+    from flows.selectors import flows_of_message
+    from flows.serializers import flow_to_dict
+
+    if message.status == Message.Status.COMPLETE:
+        flows = [flow_to_dict(flow) for flow in flows_of_message(message_id=message.id)]
+    else:
+        flows = []
+    events: list[tuple[str, dict[str, Any]]] = [("typing", {"status": "stop"})]
+    events += trailing_events(
+        message_id=str(message.id),
+        status=message.status,
+        finish_reason=message.finish_reason,
+        usage=Usage(message.input_tokens, message.output_tokens, message.usage_estimated),
+        error_code=message.error_code or "internal_error",
+        flows=flows,
+        quota=quota_snapshot(user=message.user),
+    )
+    return events
+
+
+def _load(message_id: Any, with_metadata: bool) -> tuple[Message, dict | None, list | None]:
+    message = Message.objects.select_related("conversation", "user").get(pk=message_id)
+    metadata = stored_metadata(message) if with_metadata else None
+    trailing = stored_trailing(message) if message.status != Message.Status.STREAMING else None
+    return message, metadata, trailing
+
+
+async def follow_stored(message: Message, *, last_event_id: int) -> AsyncIterator[bytes]:
+    """Stream a stored reply from after ``last_event_id``; poll while it is streaming."""
+    yield retry_line(settings.CHAT_SSE_RETRY_MS)
+    message, metadata, trailing = await db_run(_load, message.id, last_event_id < 1)
+    for event in preamble(metadata or {}, last_event_id):
+        yield event
+    offset = max(0, last_event_id - TEXT_BASE)
+    loop = asyncio.get_running_loop()
+    last_sent = loop.time()
+    while True:
+        content = message.content
+        if offset < len(content):
+            yield encode_chunk(TEXT_BASE + len(content), content[offset:])
+            offset = len(content)
+            last_sent = loop.time()
+        if trailing is not None:
+            seen = last_event_id
+            if message.status == Message.Status.INTERRUPTED and offset > len(content):
+                seen = TEXT_BASE + len(content)  # the client saw text the crash did not save
+            for position, (name, data) in enumerate(trailing):
+                event_id = trailing_event_id(len(content), position)
+                if event_id > seen:
+                    yield encode_event(event_id, name, data)
+            return
+        await asyncio.sleep(POLL_SECONDS)
+        if loop.time() - last_sent >= settings.CHAT_KEEPALIVE_SECONDS:
+            yield KEEPALIVE
+            last_sent = loop.time()
+        try:
+            message, _, trailing = await db_run(_load, message.id, False)
+        except Message.DoesNotExist:  # deleted meanwhile
+            return

@@ -1,0 +1,362 @@
+"""The pipeline of one chat turn, after its pre-stream checks (contract 3.1 and 3.2).
+
+``start_generation`` registers a :class:`Generation` and runs it as its own task: it calls
+the provider, appends deltas in memory (no per-token I/O or thread hop), checkpoints the
+text about once a second, stores the outcome, extracts flows, settles the quota and adds
+the trailing events. The HTTP response only follows it (``generations.follow``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+
+from ai.errors import AIError
+from ai.prompts import system_prompt_for
+from ai.providers.base import (
+    ChatMessage,
+    Provider,
+    StreamEnd,
+    Usage,
+    estimate_messages_tokens,
+    estimate_tokens,
+)
+from chatproject.db import db_run
+from chatproject.errors import ServiceError
+from conversations.models import Message
+from conversations.serializers import message_to_dict
+from conversations.services import (
+    PreparedTurn,
+    ReplyOutcome,
+    reply_checkpoint,
+    reply_finish,
+    turn_settle,
+)
+from conversations.streaming.generations import WORKER_ID, Generation, registry
+from flows.extraction import flows_extract
+from flows.serializers import flow_to_dict
+
+logger = logging.getLogger("conversations.turn")
+
+#: Safe texts and retry hints of the codes an ``error`` event can carry.
+ERROR_MESSAGES: dict[str, tuple[str, bool]] = {
+    "ai_rate_limited": ("The AI provider is busy. Please try again shortly.", True),
+    "ai_timeout": ("The AI provider took too long to answer.", True),
+    "ai_unavailable": ("The AI provider is unavailable right now.", True),
+    "ai_error": ("The AI provider could not finish this reply.", True),
+    "stream_timeout": ("The reply took too long and was stopped.", True),
+    "internal_error": ("Something went wrong on our side.", True),
+}
+
+
+def error_event_data(code: str, retryable: bool | None = None) -> dict[str, Any]:
+    """The ``error`` event's data for a stable code (never provider internals)."""
+    message, default_retryable = ERROR_MESSAGES.get(code, ERROR_MESSAGES["internal_error"])
+    if code not in ERROR_MESSAGES:
+        code = "internal_error"
+    return {
+        "code": code,
+        "message": message,
+        "retryable": default_retryable if retryable is None else retryable,
+    }
+
+
+def metadata_for(turn: PreparedTurn, provider: Provider) -> dict[str, Any]:
+    """The ``metadata`` event's data."""
+    message_id = turn.assistant_message.id
+    return {
+        "conversation_id": str(turn.conversation_id),
+        "context_id": str(turn.context_id),
+        "user_message_id": str(turn.user_message.id),
+        "message_id": str(message_id),
+        "provider": provider.name,
+        "model": provider.model,
+        "quota": turn.quota,
+        "resume_url": f"/api/v1/messages/{message_id}/stream",
+    }
+
+
+def trailing_events(
+    *,
+    message_id: str,
+    status: str,
+    finish_reason: str,
+    usage: Usage,
+    error_code: str,
+    flows: list[dict[str, Any]],
+    quota: dict[str, Any],
+) -> list[tuple[str, dict[str, Any]]]:
+    """The events after the text, by how the reply ended (live and replayed alike).
+
+    complete: ``flows_extracted`` then ``done``; cancelled: ``done``; otherwise ``error``.
+    The ``typing`` stop that precedes them is sent separately, as soon as the text ends.
+    """
+    usage_data = {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+    if status == Message.Status.COMPLETE:
+        return [
+            ("flows_extracted", {"flows": flows}),
+            (
+                "done",
+                {
+                    "message_id": message_id,
+                    "finish_reason": finish_reason or "stop",
+                    "usage": usage_data,
+                    "quota": quota,
+                },
+            ),
+        ]
+    if status == Message.Status.CANCELLED:
+        return [
+            (
+                "done",
+                {
+                    "message_id": message_id,
+                    "finish_reason": "cancelled",
+                    "usage": usage_data,
+                    "quota": quota,
+                },
+            )
+        ]
+    return [("error", error_event_data(error_code or "internal_error"))]
+
+
+class StreamTimeout(ServiceError):
+    code = "stream_timeout"
+    status_code = 504
+    default_detail = ERROR_MESSAGES["stream_timeout"][0]
+    retryable = True
+
+
+def start_generation(turn: PreparedTurn, provider: Provider) -> Generation:
+    """Register the turn's generation and start it as a task of its own."""
+    generation = Generation(
+        message_id=turn.assistant_message.id,
+        user_id=turn.user_id,
+        metadata=metadata_for(turn, provider),
+    )
+    registry.add(generation)
+    generation.task = asyncio.create_task(_run(generation, turn, provider))
+    return generation
+
+
+async def _read(generation: Generation, stream: Any) -> StreamEnd:
+    """Relay the provider's deltas into the generation (the hot loop)."""
+    end: StreamEnd | None = None
+    append = generation.append
+    try:
+        async for item in stream:
+            if item.__class__ is str:
+                append(item)
+            else:
+                end = item
+    finally:
+        await stream.aclose()
+    if end is None:  # a provider must end with StreamEnd; never report a cut as done
+        raise AIError("The AI provider's reply ended without an end marker.", retryable=True)
+    return end
+
+
+async def _checkpoint_loop(generation: Generation, turn: PreparedTurn) -> None:
+    """Save the text about once a second (and at least every 5 s as a heartbeat)."""
+    interval = settings.CHAT_CHECKPOINT_SECONDS
+    saved_length = 0
+    quiet = 0
+    message_id = turn.assistant_message.id
+    while True:
+        await asyncio.sleep(interval)
+        if generation.length == saved_length and quiet < 4:
+            quiet += 1
+            continue
+        quiet = 0
+        length = generation.length
+        try:
+            alive = await db_run(reply_checkpoint, message_id=message_id, content=generation.text())
+        except Exception:
+            logger.warning("turn.checkpoint_failed", extra={"message_id": str(message_id)})
+            continue
+        saved_length = length
+        if not alive:  # cancelled from another process, or gone
+            generation.request_cancel()
+            return
+
+
+def _usage_for(turn: PreparedTurn, system: str, text: str, reported: Usage | None) -> Usage:
+    if reported is not None:
+        return reported
+    return Usage(
+        input_tokens=estimate_messages_tokens(turn.history, system),
+        output_tokens=estimate_tokens(text),
+        estimated=True,
+    )
+
+
+async def _run(generation: Generation, turn: PreparedTurn, provider: Provider) -> None:
+    """One generation from provider call to ``done`` (or ``error``), never raising."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    message_id = str(turn.assistant_message.id)
+    log = {"message_id": message_id, "conversation_id": str(turn.conversation_id)}
+    system = system_prompt_for(
+        context_name=turn.context_name, instructions=turn.context_instructions
+    )
+    checkpointer = asyncio.create_task(_checkpoint_loop(generation, turn))
+    status = Message.Status.COMPLETE
+    finish_reason = "stop"
+    error_code = ""
+    reported: Usage | None = None
+    try:
+        stream = provider.stream_reply(
+            messages=turn.history, system=system, max_output_tokens=settings.AI_MAX_OUTPUT_TOKENS
+        )
+        reader = generation.reader = asyncio.create_task(_read(generation, stream))
+        if generation.cancel_requested:
+            reader.cancel()
+        done, _ = await asyncio.wait({reader}, timeout=settings.CHAT_STREAM_TIMEOUT_SECONDS)
+        if not done:
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+            status, finish_reason, error_code = Message.Status.FAILED, "timeout", "stream_timeout"
+        elif reader.cancelled():
+            status, finish_reason = Message.Status.CANCELLED, "cancelled"
+        elif (exc := reader.exception()) is not None:
+            status, finish_reason = Message.Status.FAILED, "error"
+            if isinstance(exc, ServiceError):
+                error_code = exc.code
+                logger.warning("turn.provider_error", extra={**log, "code": exc.code})
+            else:
+                error_code = "internal_error"
+                logger.error("turn.reader_crashed", extra=log, exc_info=exc)
+        else:
+            end = reader.result()
+            finish_reason, reported = end.finish_reason, end.usage
+    except asyncio.CancelledError:
+        # The process is shutting down: keep the text; start-up recovery marks it.
+        checkpointer.cancel()
+        registry.discard(generation)
+        raise
+    except Exception as exc:
+        status, finish_reason, error_code = Message.Status.FAILED, "error", "internal_error"
+        logger.error("turn.failed", extra=log, exc_info=exc)
+    finally:
+        checkpointer.cancel()
+
+    text = generation.text()
+    first_token_at = generation.first_token_at
+    generation.add_trailing("typing", {"status": "stop"})
+    usage = _usage_for(turn, system, text, reported)
+    duration_ms = int((loop.time() - started) * 1000)
+    outcome = ReplyOutcome(
+        status=status,
+        finish_reason=finish_reason,
+        content=text,
+        usage=usage,
+        error_code=error_code,
+        duration_ms=duration_ms,
+    )
+    flows: list[dict[str, Any]] = []
+    quota = turn.quota
+    try:
+        await db_run(reply_finish, turn=turn, outcome=outcome)
+        drafts, extraction_usage, extraction_error = await _extract(turn, provider, text, status)
+        stored, quota = await db_run(
+            turn_settle,
+            turn=turn,
+            outcome=outcome,
+            drafts=drafts,
+            extraction_usage=extraction_usage,
+            extraction_error=extraction_error,
+        )
+        flows = [flow_to_dict(flow) for flow in stored]
+    except Exception as exc:
+        logger.error("turn.store_failed", extra=log, exc_info=exc)
+        status, error_code = Message.Status.FAILED, "internal_error"
+
+    for event in trailing_events(
+        message_id=message_id,
+        status=status,
+        finish_reason=finish_reason,
+        usage=usage,
+        error_code=error_code,
+        flows=flows,
+        quota=quota,
+    ):
+        generation.add_trailing(*event)
+    generation.result = {
+        "status": status,
+        "error_code": error_code,
+        "flows": flows,
+        "quota": quota,
+        "message": {
+            **message_to_dict(turn.assistant_message),
+            "content": text,
+            "status": status,
+            "finish_reason": finish_reason,
+            "usage": {
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "estimated": usage.estimated,
+            },
+        },
+    }
+    registry.discard(generation)
+    generation.close()
+    logger.info(
+        "turn.end",
+        extra={
+            **log,
+            "status": status,
+            "finish_reason": finish_reason,
+            "error_code": error_code,
+            "reply_chars": len(text),
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "usage_estimated": usage.estimated,
+            "flows": len(flows),
+            "ttft_ms": int((first_token_at - started) * 1000) if first_token_at else None,
+            "duration_ms": duration_ms,
+            "worker": WORKER_ID,
+        },
+    )
+
+
+async def _extract(
+    turn: PreparedTurn, provider: Provider, text: str, status: str
+) -> tuple[list[Any], Usage | None, str]:
+    """Flows from the conversation; a failure is a warning, never the turn's error."""
+    if status != Message.Status.COMPLETE or not settings.FLOWS_EXTRACTION_ENABLED:
+        return [], None, ""
+    transcript = [*turn.history, ChatMessage("assistant", text)]
+    started = time.monotonic()
+    try:
+        drafts, usage = await asyncio.wait_for(
+            flows_extract(
+                provider,
+                messages=transcript,
+                context_name=turn.context_name,
+                today=timezone.now().date(),
+            ),
+            timeout=settings.AI_TIMEOUT_SECONDS,
+        )
+    except Exception as exc:
+        code = exc.code if isinstance(exc, AIError) else "internal_error"
+        logger.warning(
+            "turn.extraction_failed",
+            extra={"message_id": str(turn.assistant_message.id), "code": code},
+        )
+        return [], None, code
+    logger.info(
+        "turn.flows_extracted",
+        extra={
+            "message_id": str(turn.assistant_message.id),
+            "drafts": len(drafts),
+            "duration_ms": int((time.monotonic() - started) * 1000),
+        },
+    )
+    return drafts, usage, ""

@@ -1,0 +1,274 @@
+"""The streaming endpoints: start a turn, resume a reply, cancel a reply (contract 3).
+
+Plain async Django views (DRF's views are sync): they authenticate with DRF's own
+authenticators, validate with DRF serializers, and answer every problem before the first
+byte as JSON with ``detail`` and ``code``. Each view makes at most one thread hop for its
+database work before the stream starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from rest_framework import exceptions
+from rest_framework.request import Request
+from rest_framework.settings import api_settings
+
+from ai.providers import get_provider
+from ai.providers.base import Provider, estimate_messages_tokens
+from ai.prompts import system_prompt_for
+from chatproject.db import db_run
+from chatproject.errors import InvalidRequest, ServiceError
+from conversations import selectors
+from conversations.models import Message
+from conversations.serializers import ChatTurnInputSerializer, message_to_dict
+from conversations.services import PreparedTurn, message_request_cancel, turn_prepare
+from conversations.streaming.generations import (
+    WORKER_ID,
+    Generation,
+    follow,
+    parse_last_event_id,
+    registry,
+)
+from conversations.streaming.replay import follow_stored
+from conversations.streaming.turn import error_event_data, start_generation
+
+logger = logging.getLogger("conversations.turn")
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+CANCEL_WAIT_SECONDS = 5.0
+
+
+def _error(detail: str, code: str, status: int, **headers: str) -> JsonResponse:
+    return ServiceError(detail, code=code, status_code=status, headers=headers).as_response()
+
+
+def authenticate(request: HttpRequest) -> AbstractBaseUser:
+    """The caller, through DRF's configured authenticators (bearer JWT, token, session).
+
+    Session authentication enforces CSRF, as DRF does for its own views.
+    """
+    drf_request = Request(
+        request, authenticators=[cls() for cls in api_settings.DEFAULT_AUTHENTICATION_CLASSES]
+    )
+    try:
+        user = drf_request.user
+    except exceptions.AuthenticationFailed as exc:
+        raise ServiceError(
+            str(exc.detail), code="authentication_failed", status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        ) from exc
+    except exceptions.PermissionDenied as exc:  # CSRF failure of a session write
+        raise ServiceError(str(exc.detail), code="permission_denied", status_code=403) from exc
+    if user is None or not user.is_authenticated:
+        raise ServiceError(
+            "Authentication credentials were not provided.",
+            code="not_authenticated",
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return user
+
+
+def _parse_body(request: HttpRequest) -> dict[str, Any]:
+    try:
+        data = json.loads(request.body.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ServiceError("The body is not valid UTF-8.", code="invalid_json", status_code=400) from exc
+    except (ValueError, RecursionError) as exc:
+        raise ServiceError("The body is not valid JSON.", code="invalid_json", status_code=400) from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest({"non_field_errors": ["Expected a JSON object."]})
+    return data
+
+
+def _prepare(request: HttpRequest) -> tuple[PreparedTurn, Provider]:
+    """Authenticate, validate, check and store: everything before the first byte."""
+    user = authenticate(request)
+    serializer = ChatTurnInputSerializer(data=_parse_body(request))
+    if not serializer.is_valid():
+        raise InvalidRequest(serializer.errors)
+    data = serializer.validated_data
+    provider = get_provider()
+    messages = data.get("messages")
+    content = data["message"] if messages is None else messages[-1]["content"]
+    return (
+        turn_prepare(
+            user=user,
+            context_id=data.get("context_id"),
+            conversation_id=data.get("conversation_id"),
+            content=content,
+            client_history=[dict(m) for m in messages] if messages is not None else None,
+            provider=provider.name,
+            model=provider.model,
+            worker=WORKER_ID,
+            history_limit=settings.CHAT_HISTORY_LIMIT,
+            max_streams=settings.CHAT_MAX_CONCURRENT_STREAMS,
+            reserve_tokens=lambda history, system: estimate_messages_tokens(history, system)
+            + settings.AI_MAX_OUTPUT_TOKENS,
+            system_prompt=lambda context: system_prompt_for(
+                context_name=context.name, instructions=context.instructions
+            ),
+        ),
+        provider,
+    )
+
+
+def wants_event_stream(request: HttpRequest) -> bool:
+    """True when the client accepts ``text/event-stream``."""
+    return "text/event-stream" in request.headers.get("Accept", "")
+
+
+def event_stream_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
+    """An unbuffered SSE response (contract 3.1 headers)."""
+    return StreamingHttpResponse(events, content_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def _check_body_limits(request: HttpRequest) -> JsonResponse | None:
+    try:
+        length = int(request.headers.get("Content-Length") or 0)
+    except ValueError:
+        length = 0
+    if length > settings.CHAT_MAX_BODY_BYTES:
+        return _error(
+            f"The body is larger than {settings.CHAT_MAX_BODY_BYTES} bytes.",
+            "payload_too_large",
+            413,
+        )
+    content_type = request.content_type or ""
+    if content_type != "application/json":
+        return _error("Send the body as application/json.", "unsupported_media_type", 415)
+    return None
+
+
+@csrf_exempt
+async def chat_stream(request: HttpRequest) -> HttpResponse:
+    """POST /api/v1/conversations/stream: one chat turn, as SSE or as one JSON document."""
+    if request.method != "POST":
+        return _error("Use POST.", "method_not_allowed", 405, Allow="POST")
+    refused = _check_body_limits(request)
+    if refused is not None:
+        return refused
+    try:
+        turn, provider = await db_run(_prepare, request)
+    except ServiceError as exc:
+        return exc.as_response()
+    logger.info(
+        "turn.start",
+        extra={
+            "user_id": turn.user_id,
+            "context_id": str(turn.context_id),
+            "conversation_id": str(turn.conversation_id),
+            "message_id": str(turn.assistant_message.id),
+            "history_messages": len(turn.history),
+            "provider": provider.name,
+        },
+    )
+    generation = start_generation(turn, provider)
+    if wants_event_stream(request):
+        return event_stream_response(follow(generation, primary=True))
+    return await _json_reply(turn, generation)
+
+
+async def _json_reply(turn: PreparedTurn, generation: Generation) -> JsonResponse:
+    """Wait for the whole turn and answer one JSON document (no ``text/event-stream``)."""
+    try:
+        await asyncio.shield(generation.ended.wait())
+    except asyncio.CancelledError:
+        if settings.CHAT_CANCEL_ON_DISCONNECT:
+            generation.request_cancel()
+        raise
+    result = generation.result
+    status = result.get("status")
+    if status in (Message.Status.COMPLETE, Message.Status.CANCELLED):
+        return JsonResponse(
+            {
+                "conversation_id": str(turn.conversation_id),
+                "user_message": message_to_dict(turn.user_message),
+                "message": result["message"],
+                "flows": result["flows"],
+                "quota": result["quota"],
+            }
+        )
+    error = error_event_data(result.get("error_code") or "internal_error")
+    status_code = 504 if error["code"] in ("ai_timeout", "stream_timeout") else 503
+    if error["code"] in ("ai_error", "internal_error"):
+        status_code = 502 if error["code"] == "ai_error" else 500
+    return JsonResponse(
+        {
+            "detail": error["message"],
+            "code": error["code"],
+            "retryable": error["retryable"],
+            "conversation_id": str(turn.conversation_id),
+            "message": result.get("message"),
+        },
+        status=status_code,
+    )
+
+
+def _owned_message(request: HttpRequest, pk: str) -> tuple[AbstractBaseUser, Message]:
+    user = authenticate(request)
+    return user, selectors.message_get(user=user, message_id=pk)
+
+
+@csrf_exempt
+async def message_stream(request: HttpRequest, pk: str) -> HttpResponse:
+    """GET /api/v1/messages/{id}/stream: resume a reply after ``Last-Event-ID``."""
+    if request.method != "GET":
+        return _error("Use GET.", "method_not_allowed", 405, Allow="GET")
+    try:
+        _user, message = await db_run(_owned_message, request, pk)
+    except ServiceError as exc:
+        return exc.as_response()
+    if message.role != Message.Role.ASSISTANT:
+        return _error("Only assistant replies can be streamed.", "not_a_reply", 400)
+    last_event_id = parse_last_event_id(
+        request.headers.get("Last-Event-ID") or request.GET.get("last_event_id")
+    )
+    generation = registry.get(message.id)
+    logger.info(
+        "turn.resume",
+        extra={"message_id": str(message.id), "last_event_id": last_event_id,
+               "live": generation is not None},
+    )
+    if generation is not None:
+        return event_stream_response(follow(generation, last_event_id=last_event_id))
+    return event_stream_response(follow_stored(message, last_event_id=last_event_id))
+
+
+@csrf_exempt
+async def message_cancel(request: HttpRequest, pk: str) -> HttpResponse:
+    """POST /api/v1/messages/{id}/cancel: stop a reply; the partial text stays stored."""
+    if request.method != "POST":
+        return _error("Use POST.", "method_not_allowed", 405, Allow="POST")
+    try:
+        user, message = await db_run(_owned_message, request, pk)
+    except ServiceError as exc:
+        return exc.as_response()
+    generation = registry.get(message.id)
+    logger.info("turn.cancel", extra={"message_id": str(message.id), "local": bool(generation)})
+    if generation is not None:
+        generation.request_cancel()
+        try:
+            await asyncio.wait_for(asyncio.shield(generation.ended.wait()), CANCEL_WAIT_SECONDS)
+        except TimeoutError:
+            pass
+    elif message.status == Message.Status.STREAMING:
+        await db_run(message_request_cancel, message_id=message.id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CANCEL_WAIT_SECONDS
+        while loop.time() < deadline:
+            await asyncio.sleep(0.2)
+            message = await db_run(selectors.message_get, user=user, message_id=message.id)
+            if message.status != Message.Status.STREAMING:
+                break
+    message = await db_run(selectors.message_get, user=user, message_id=message.id)
+    return JsonResponse(message_to_dict(message))

@@ -1,0 +1,22 @@
+from django.urls import path
+
+from conversations import apis
+from conversations.streaming import views as stream_views
+
+urlpatterns = [
+    path("contexts/", apis.ContextListCreateApi.as_view(), name="context-list"),
+    path("contexts/<str:pk>/", apis.ContextDetailApi.as_view(), name="context-detail"),
+    path("conversations/", apis.ConversationListApi.as_view(), name="conversation-list"),
+    path("conversations/stream", stream_views.chat_stream, name="conversation-stream"),
+    path(
+        "conversations/<str:pk>/", apis.ConversationDetailApi.as_view(), name="conversation-detail"
+    ),
+    path(
+        "conversations/<str:pk>/messages/",
+        apis.ConversationMessagesApi.as_view(),
+        name="conversation-messages",
+    ),
+    path("messages/<str:pk>/", apis.MessageDetailApi.as_view(), name="message-detail"),
+    path("messages/<str:pk>/stream", stream_views.message_stream, name="message-stream"),
+    path("messages/<str:pk>/cancel", stream_views.message_cancel, name="message-cancel"),
+]

@@ -1,0 +1,61 @@
+"""REST endpoints for flows: thin, scoped to the caller."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import generics, serializers
+
+from conversations.apis import choice_query_param, uuid_query_param
+from conversations.selectors import context_get
+from flows import selectors, services
+from flows.models import Flow
+from flows.serializers import FlowSerializer
+
+_STATUS = OpenApiParameter("status", str, enum=Flow.Status.values)
+_PRIORITY = OpenApiParameter("priority", str, enum=Flow.Priority.values)
+
+
+@extend_schema(parameters=[OpenApiParameter("context_id", str), _STATUS, _PRIORITY])
+class FlowListApi(generics.ListAPIView):
+    serializer_class = FlowSerializer
+
+    def get_queryset(self) -> QuerySet[Flow]:
+        request = self.request
+        return selectors.flow_list(
+            user=request.user,
+            context_id=uuid_query_param(request, "context_id"),
+            status=choice_query_param(request, "status", Flow.Status.values),
+            priority=choice_query_param(request, "priority", Flow.Priority.values),
+        )
+
+
+@extend_schema(parameters=[_STATUS])
+class ContextFlowListApi(generics.ListAPIView):
+    """Flows of one context."""
+
+    serializer_class = FlowSerializer
+
+    def get_queryset(self) -> QuerySet[Flow]:
+        context = context_get(user=self.request.user, context_id=self.kwargs["pk"])
+        return selectors.flow_list(
+            user=self.request.user,
+            context_id=context.id,
+            status=choice_query_param(self.request, "status", Flow.Status.values),
+        )
+
+
+class FlowDetailApi(generics.RetrieveUpdateDestroyAPIView):
+    serializer_class = FlowSerializer
+    http_method_names = ["get", "patch", "delete", "head", "options"]
+
+    def get_object(self) -> Flow:
+        return selectors.flow_get(user=self.request.user, flow_id=self.kwargs["pk"])
+
+    def perform_update(self, serializer: serializers.BaseSerializer) -> None:
+        serializer.instance = services.flow_update(
+            flow=serializer.instance, data=serializer.validated_data
+        )
+
+    def perform_destroy(self, instance: Flow) -> None:
+        services.flow_delete(flow=instance)

@@ -1,0 +1,36 @@
+"""End-to-end fixtures: daphne servers on the test database, SSE clients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.e2e.server import DaphneServer
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="session")
+def daphne_factory(django_db_setup, django_db_blocker) -> Iterator[Callable[..., DaphneServer]]:
+    """Start (once per distinct environment) a daphne server on the test database."""
+    servers: dict[tuple, DaphneServer] = {}
+
+    def start(**env: str) -> DaphneServer:
+        key = tuple(sorted(env.items()))
+        server = servers.get(key)
+        if server is None or server.process is None or server.process.poll() is not None:
+            with django_db_blocker.unblock():
+                server = DaphneServer(env).start()
+            servers[key] = server
+        return server
+
+    yield start
+    for server in servers.values():
+        server.stop()
+
+
+@pytest.fixture
+def daphne(daphne_factory, transactional_db) -> DaphneServer:
+    """The default server: mock provider typing at 2 ms a token."""
+    return daphne_factory(MOCK_TOKEN_DELAY_MS="2")

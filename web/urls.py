@@ -1,0 +1,3 @@
+"""The chat page (being written)."""
+
+urlpatterns: list = []
