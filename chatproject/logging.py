@@ -42,4 +42,5 @@ class JsonFormatter(logging.Formatter):
                 payload[key] = value
         if record.exc_info:
             payload["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
+            payload["traceback"] = self.formatException(record.exc_info)
         return json.dumps(payload, default=str)

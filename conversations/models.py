@@ -93,6 +93,7 @@ class Message(models.Model):
         max_length=16, choices=FinishReason.choices, blank=True, default=""
     )
     error_code = models.CharField(max_length=32, blank=True, default="")
+    error_retryable = models.BooleanField(default=False)
     input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
     usage_estimated = models.BooleanField(default=False)

@@ -225,6 +225,7 @@ class ReplyOutcome:
     content: str
     usage: Usage
     error_code: str = ""
+    error_retryable: bool = False
     duration_ms: int = 0
 
 
@@ -239,6 +240,7 @@ def reply_finish(*, turn: PreparedTurn, outcome: ReplyOutcome) -> None:
             status=outcome.status,
             finish_reason=outcome.finish_reason,
             error_code=outcome.error_code,
+            error_retryable=outcome.error_retryable,
             input_tokens=outcome.usage.input_tokens,
             output_tokens=outcome.usage.output_tokens,
             usage_estimated=outcome.usage.estimated,
@@ -293,8 +295,9 @@ def turn_settle(
     with transaction.atomic():
         flows = flows_store(message=message, context_id=turn.context_id, drafts=drafts)
         tokens = reply_tokens_charged(outcome)
-        if extraction_usage is not None:
-            tokens += extraction_usage.total
+        if extraction_usage is not None or extraction_error:
+            used = extraction_usage or Usage()
+            tokens += used.total
             usage_record_create(
                 user=message.user,
                 context=message.conversation.context,
@@ -303,10 +306,10 @@ def turn_settle(
                 provider=message.provider,
                 model=message.model,
                 purpose="extraction",
-                input_tokens=extraction_usage.input_tokens,
-                output_tokens=extraction_usage.output_tokens,
-                estimated=extraction_usage.estimated,
-                tokens_charged=extraction_usage.total,
+                input_tokens=used.input_tokens,
+                output_tokens=used.output_tokens,
+                estimated=used.estimated,
+                tokens_charged=used.total,
                 outcome="failed" if extraction_error else "complete",
                 error_code=extraction_error,
             )

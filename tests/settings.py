@@ -14,3 +14,5 @@ STORAGES["staticfiles"] = {  # noqa: F405
     "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
 }
 REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"anon": "10000/min"}  # noqa: F405
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True

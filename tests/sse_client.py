@@ -26,6 +26,7 @@ class StreamResult:
     headers: httpx.Headers
     events: list[Event] = field(default_factory=list)
     body: Any = None
+    retry: int | None = None
 
     def names(self) -> list[str]:
         return [e.event for e in self.events]
@@ -64,6 +65,10 @@ def stream(
             result.body = response.json() if response.content else None
             return result
         for sse in source.iter_sse():
+            if sse.data == "" and sse.event == "message":
+                # httpx-sse reports the bare ``retry:`` block; browsers dispatch nothing.
+                result.retry = sse.retry
+                continue
             result.events.append(Event(sse.id, sse.event, json.loads(sse.data)))
             if stop_after is not None and len(result.events) >= stop_after:
                 break

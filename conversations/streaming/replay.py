@@ -70,6 +70,7 @@ def stored_trailing(message: Message) -> list[tuple[str, dict[str, Any]]]:
         finish_reason=message.finish_reason,
         usage=Usage(message.input_tokens, message.output_tokens, message.usage_estimated),
         error_code=message.error_code or "internal_error",
+        error_retryable=message.error_retryable or not message.error_code,
         flows=flows,
         quota=quota_snapshot(user=message.user),
     )

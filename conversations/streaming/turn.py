@@ -89,6 +89,7 @@ def trailing_events(
     finish_reason: str,
     usage: Usage,
     error_code: str,
+    error_retryable: bool,
     flows: list[dict[str, Any]],
     quota: dict[str, Any],
 ) -> list[tuple[str, dict[str, Any]]]:
@@ -123,7 +124,7 @@ def trailing_events(
                 },
             )
         ]
-    return [("error", error_event_data(error_code or "internal_error"))]
+    return [("error", error_event_data(error_code or "internal_error", error_retryable))]
 
 
 class StreamTimeout(ServiceError):
@@ -209,6 +210,7 @@ async def _run(generation: Generation, turn: PreparedTurn, provider: Provider) -
     status = Message.Status.COMPLETE
     finish_reason = "stop"
     error_code = ""
+    retryable = True
     reported: Usage | None = None
     try:
         stream = provider.stream_reply(
@@ -228,7 +230,7 @@ async def _run(generation: Generation, turn: PreparedTurn, provider: Provider) -
         elif (exc := reader.exception()) is not None:
             status, finish_reason = Message.Status.FAILED, "error"
             if isinstance(exc, ServiceError):
-                error_code = exc.code
+                error_code, retryable = exc.code, exc.retryable
                 logger.warning("turn.provider_error", extra={**log, "code": exc.code})
             else:
                 error_code = "internal_error"
@@ -258,6 +260,7 @@ async def _run(generation: Generation, turn: PreparedTurn, provider: Provider) -
         content=text,
         usage=usage,
         error_code=error_code,
+        error_retryable=retryable,
         duration_ms=duration_ms,
     )
     flows: list[dict[str, Any]] = []
@@ -276,7 +279,7 @@ async def _run(generation: Generation, turn: PreparedTurn, provider: Provider) -
         flows = [flow_to_dict(flow) for flow in stored]
     except Exception as exc:
         logger.error("turn.store_failed", extra=log, exc_info=exc)
-        status, error_code = Message.Status.FAILED, "internal_error"
+        status, error_code, retryable = Message.Status.FAILED, "internal_error", True
 
     for event in trailing_events(
         message_id=message_id,
@@ -284,6 +287,7 @@ async def _run(generation: Generation, turn: PreparedTurn, provider: Provider) -
         finish_reason=finish_reason,
         usage=usage,
         error_code=error_code,
+        error_retryable=retryable,
         flows=flows,
         quota=quota,
     ):

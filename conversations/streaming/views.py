@@ -18,7 +18,9 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
+from django.middleware.csrf import CsrfViewMiddleware
 from rest_framework import exceptions
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 
@@ -51,14 +53,23 @@ def _error(detail: str, code: str, status: int, **headers: str) -> JsonResponse:
     return ServiceError(detail, code=code, status_code=status, headers=headers).as_response()
 
 
-def authenticate(request: HttpRequest) -> AbstractBaseUser:
-    """The caller, through DRF's configured authenticators (bearer JWT, token, session).
+def _csrf_failure(request: HttpRequest) -> str | None:
+    check = CsrfViewMiddleware(lambda _request: HttpResponse())
+    check.process_request(request)
+    response = check.process_view(request, None, (), {})
+    return None if response is None else "CSRF verification failed."
 
-    Session authentication enforces CSRF, as DRF does for its own views.
-    """
-    drf_request = Request(
-        request, authenticators=[cls() for cls in api_settings.DEFAULT_AUTHENTICATION_CLASSES]
-    )
+
+def authenticate(request: HttpRequest) -> AbstractBaseUser:
+    """The caller, through DRF's configured authenticators (bearer JWT, token), then the
+    Django session, which must carry the CSRF token on writes, as DRF enforces it."""
+    authenticators = [
+        cls()
+        for cls in api_settings.DEFAULT_AUTHENTICATION_CLASSES
+        if not issubclass(cls, SessionAuthentication)
+    ]
+    session_user = request.user  # DRF's Request replaces request.user when it fails
+    drf_request = Request(request, authenticators=authenticators)
     try:
         user = drf_request.user
     except exceptions.AuthenticationFailed as exc:
@@ -66,8 +77,12 @@ def authenticate(request: HttpRequest) -> AbstractBaseUser:
             str(exc.detail), code="authentication_failed", status_code=401,
             headers={"WWW-Authenticate": "Bearer"},
         ) from exc
-    except exceptions.PermissionDenied as exc:  # CSRF failure of a session write
-        raise ServiceError(str(exc.detail), code="permission_denied", status_code=403) from exc
+    if user is None or not user.is_authenticated:
+        user = request.user = session_user
+        if user.is_authenticated and request.method not in ("GET", "HEAD", "OPTIONS"):
+            reason = _csrf_failure(request)
+            if reason:
+                raise ServiceError(reason, code="permission_denied", status_code=403)
     if user is None or not user.is_authenticated:
         raise ServiceError(
             "Authentication credentials were not provided.",
