@@ -78,9 +78,7 @@ class Reservation(models.Model):
 
     class Meta:
         indexes = [
-            models.Index(
-                fields=["user"], condition=Q(status="held"), name="reservation_held_idx"
-            ),
+            models.Index(fields=["user"], condition=Q(status="held"), name="reservation_held_idx"),
         ]
 
     def __str__(self) -> str:

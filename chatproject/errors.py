@@ -84,8 +84,10 @@ def _drf_code(exc: exceptions.APIException) -> str:
     if isinstance(exc, exceptions.ValidationError):
         return "invalid"
     if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
-        return "not_authenticated" if isinstance(exc, exceptions.NotAuthenticated) else (
-            "authentication_failed"
+        return (
+            "not_authenticated"
+            if isinstance(exc, exceptions.NotAuthenticated)
+            else ("authentication_failed")
         )
     if isinstance(exc, exceptions.Throttled):
         return "throttled"
@@ -109,7 +111,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, exceptions.ValidationError):
         errors = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
         fields = ", ".join(sorted(str(k) for k in errors))
-        response.data = {"detail": f"Invalid request: {fields}.", "code": "invalid", "errors": errors}
+        response.data = {
+            "detail": f"Invalid request: {fields}.",
+            "code": "invalid",
+            "errors": errors,
+        }
     elif isinstance(exc, exceptions.APIException):
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         body: dict[str, Any] = {"detail": detail, "code": _drf_code(exc)}

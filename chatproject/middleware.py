@@ -55,4 +55,3 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
         response["X-Request-Id"] = rid
         return response
-

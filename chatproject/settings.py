@@ -12,7 +12,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
 
-# --- Django core -----------------------------------------------------------------------
+# --- Django core ---------------------------------------------------------------------------------
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 SECRET_KEY = env.str(
     "DJANGO_SECRET_KEY",
@@ -73,7 +73,7 @@ TEMPLATES = [
     },
 ]
 
-# --- Database ----------------------------------------------------------------------------
+# --- Database ------------------------------------------------------------------------------------
 # SQLite by default; DATABASE_URL=postgres://... for PostgreSQL. Never ATOMIC_REQUESTS:
 # Django refuses it with async views, and every transactional unit is a service function.
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
@@ -98,7 +98,7 @@ else:
     _db.setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# --- Channels ----------------------------------------------------------------------------
+# --- Channels ------------------------------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
     CHANNEL_LAYERS = {
@@ -110,7 +110,7 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
-# --- Auth ----------------------------------------------------------------------------------
+# --- Auth ----------------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -141,7 +141,7 @@ OIDC_DRF_AUTH_BACKEND = "chatproject.authentication.AccessTokenBackend"
 if OIDC_BROWSER_LOGIN_ENABLED:
     AUTHENTICATION_BACKENDS.append("chatproject.authentication.AccessTokenBackend")
 
-# --- REST framework ---------------------------------------------------------------------------
+# --- REST framework ------------------------------------------------------------------------------
 _authentication_classes = [
     "rest_framework.authentication.TokenAuthentication",
     "rest_framework.authentication.SessionAuthentication",
@@ -170,7 +170,7 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
-# --- CORS, security, static -------------------------------------------------------------------
+# --- CORS, security, static ----------------------------------------------------------------------
 CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
 CORS_EXPOSE_HEADERS = ["Retry-After", "X-Request-Id"]
 CORS_ALLOW_HEADERS = [
@@ -204,16 +204,14 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
 if DEBUG:
-    STORAGES["staticfiles"] = {
-        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
-    }
+    STORAGES["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
-# --- AI providers -------------------------------------------------------------------------------
+# --- AI providers --------------------------------------------------------------------------------
 AI_PROVIDER = env.str("AI_PROVIDER", default="mock").strip().lower()
 AI_MODEL = env.str("AI_MODEL", default="")
 OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
@@ -225,7 +223,7 @@ AI_MAX_OUTPUT_TOKENS = env.int("AI_MAX_OUTPUT_TOKENS", default=1024)
 AI_MAX_RETRIES = env.int("AI_MAX_RETRIES", default=2)
 MOCK_TOKEN_DELAY_MS = env.float("MOCK_TOKEN_DELAY_MS", default=30.0)
 
-# --- Chat ---------------------------------------------------------------------------------------------
+# --- Chat ----------------------------------------------------------------------------------------
 CHAT_HISTORY_LIMIT = env.int("CHAT_HISTORY_LIMIT", default=10)
 CHAT_MAX_CONCURRENT_STREAMS = env.int("CHAT_MAX_CONCURRENT_STREAMS", default=3)
 CHAT_STREAM_TIMEOUT_SECONDS = env.float("CHAT_STREAM_TIMEOUT_SECONDS", default=120.0)
@@ -234,14 +232,16 @@ CHAT_CANCEL_ON_DISCONNECT = env.bool("CHAT_CANCEL_ON_DISCONNECT", default=False)
 CHAT_CHECKPOINT_SECONDS = env.float("CHAT_CHECKPOINT_SECONDS", default=1.0)
 CHAT_MAX_BODY_BYTES = env.int("CHAT_MAX_BODY_BYTES", default=512_000)
 CHAT_SSE_RETRY_MS = env.int("CHAT_SSE_RETRY_MS", default=2000)
+# A streaming reply whose process gave no heartbeat for this long is marked interrupted.
+CHAT_STALE_SECONDS = env.float("CHAT_STALE_SECONDS", default=30.0)
 
-# --- Quota and flows --------------------------------------------------------------------------------
+# --- Quota and flows -----------------------------------------------------------------------------
 QUOTA_PERIOD = env.str("QUOTA_PERIOD", default="day")
 QUOTA_REQUESTS_LIMIT = env.int("QUOTA_REQUESTS_LIMIT", default=200)
 QUOTA_TOKENS_LIMIT = env.int("QUOTA_TOKENS_LIMIT", default=500_000)
 FLOWS_EXTRACTION_ENABLED = env.bool("FLOWS_EXTRACTION_ENABLED", default=True)
 
-# --- Operations --------------------------------------------------------------------------------------
+# --- Operations ----------------------------------------------------------------------------------
 METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
 LOG_FORMAT = env.str("LOG_FORMAT", default="text" if DEBUG else "json")
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")

@@ -23,7 +23,7 @@ class MessageInline(admin.TabularInline):
     readonly_fields = fields
     ordering = ["created_at"]
 
-    def has_add_permission(self, request, obj=None) -> bool:  # noqa: ANN001
+    def has_add_permission(self, request, obj=None) -> bool:
         return False
 
 

@@ -66,9 +66,7 @@ class ContextDetailApi(generics.RetrieveUpdateDestroyAPIView):
         services.context_delete(context=instance)
 
 
-@extend_schema(
-    parameters=[OpenApiParameter("context_id", str, description="Only this context's.")]
-)
+@extend_schema(parameters=[OpenApiParameter("context_id", str, description="Only this context's.")])
 class ConversationListApi(generics.ListAPIView):
     serializer_class = ConversationSerializer
 
@@ -82,9 +80,7 @@ class ConversationDetailApi(generics.RetrieveUpdateDestroyAPIView):
     http_method_names = ["get", "patch", "delete", "head", "options"]
 
     def get_object(self) -> Conversation:
-        return selectors.conversation_get(
-            user=self.request.user, conversation_id=self.kwargs["pk"]
-        )
+        return selectors.conversation_get(user=self.request.user, conversation_id=self.kwargs["pk"])
 
     def perform_update(self, serializer: serializers.BaseSerializer) -> None:
         title = serializer.validated_data.get("title", serializer.instance.title)
@@ -115,4 +111,3 @@ class MessageDetailApi(generics.RetrieveAPIView):
 
     def get_object(self) -> Message:
         return selectors.message_get(user=self.request.user, message_id=self.kwargs["pk"])
-

@@ -1,5 +1,4 @@
 """WebSocket routes (contract section 3.4)."""
 
-from django.urls import path
 
 websocket_urlpatterns: list = []

@@ -124,7 +124,11 @@ class ChatTurnInputSerializer(serializers.Serializer):
             )
         if not has_message and not has_messages:
             raise serializers.ValidationError(
-                {"messages": ["Send 'messages' (with context_id) or 'message' (with conversation_id)."]}
+                {
+                    "messages": [
+                        "Send 'messages' (with context_id) or 'message' (with conversation_id)."
+                    ]
+                }
             )
         if has_messages:
             if not attrs.get("context_id") and not attrs.get("conversation_id"):

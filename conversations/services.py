@@ -97,7 +97,10 @@ class PreparedTurn:
 
 
 def _resolve_conversation(
-    *, user: AbstractBaseUser, context_id: uuid.UUID | None, conversation_id: uuid.UUID | None,
+    *,
+    user: AbstractBaseUser,
+    context_id: uuid.UUID | None,
+    conversation_id: uuid.UUID | None,
     first_text: str,
 ) -> tuple[Context, Conversation]:
     if conversation_id:
@@ -109,9 +112,7 @@ def _resolve_conversation(
         if conversation is None:
             raise NotFound("Conversation not found.")
         if context_id and conversation.context_id != context_id:
-            raise InvalidRequest(
-                {"context_id": ["Does not match the conversation's context."]}
-            )
+            raise InvalidRequest({"context_id": ["Does not match the conversation's context."]})
         return conversation.context, conversation
     context = Context.objects.filter(user=user, pk=context_id).first()
     if context is None:
@@ -166,7 +167,10 @@ def turn_prepare(
             )
         now = timezone.now()
         user_message = Message.objects.create(
-            user=user, conversation=conversation, role=Message.Role.USER, content=content,
+            user=user,
+            conversation=conversation,
+            role=Message.Role.USER,
+            content=content,
             created_at=now,
         )
         if client_history is not None:

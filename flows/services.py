@@ -26,7 +26,9 @@ def flows_store(*, message: Message, context_id: Any, drafts: Iterable[FlowDraft
     stored: list[Flow] = []
     for draft in drafts:
         key = title_key(draft.title)
-        if Flow.objects.filter(context_id=context_id, title_key=key, status=Flow.Status.OPEN).exists():
+        if Flow.objects.filter(
+            context_id=context_id, title_key=key, status=Flow.Status.OPEN
+        ).exists():
             continue
         try:
             with transaction.atomic():
@@ -44,7 +46,9 @@ def flows_store(*, message: Message, context_id: Any, drafts: Iterable[FlowDraft
         except IntegrityError:
             continue
         except Exception:
-            logger.warning("flows.store_failed", extra={"message_id": str(message.id)}, exc_info=True)
+            logger.warning(
+                "flows.store_failed", extra={"message_id": str(message.id)}, exc_info=True
+            )
             continue
         stored.append(flow)
     return stored

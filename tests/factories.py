@@ -37,7 +37,9 @@ def make_conversation(context: Context, **fields: Any) -> Conversation:
     return Conversation.objects.create(user=context.user, context=context, **fields)
 
 
-def make_message(conversation: Conversation, role: str = "user", content: str = "Hello", **fields: Any) -> Message:
+def make_message(
+    conversation: Conversation, role: str = "user", content: str = "Hello", **fields: Any
+) -> Message:
     return Message.objects.create(
         user=conversation.user, conversation=conversation, role=role, content=content, **fields
     )

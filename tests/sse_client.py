@@ -55,9 +55,10 @@ def stream(
     all_headers = {"Accept": "text/event-stream", **(headers or {})}
     if token:
         all_headers["Authorization"] = f"Token {token}"
-    with httpx.Client(timeout=timeout) as client, connect_sse(
-        client, method, url, json=json_body, headers=all_headers
-    ) as source:
+    with (
+        httpx.Client(timeout=timeout) as client,
+        connect_sse(client, method, url, json=json_body, headers=all_headers) as source,
+    ):
         response = source.response
         result = StreamResult(response.status_code, response.headers)
         if not response.headers.get("content-type", "").startswith("text/event-stream"):
@@ -106,8 +107,12 @@ def raw_post(url: str, body: bytes, headers: dict[str, str], timeout: float = 30
     """POST over a plain socket and record when each piece of the body arrived."""
     parts = urlsplit(url)
     sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
-    lines = [f"POST {parts.path} HTTP/1.1", f"Host: {parts.hostname}:{parts.port}",
-             f"Content-Length: {len(body)}", "Connection: close"]
+    lines = [
+        f"POST {parts.path} HTTP/1.1",
+        f"Host: {parts.hostname}:{parts.port}",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+    ]
     lines += [f"{k}: {v}" for k, v in headers.items()]
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
     buffer = b""

@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from ai.errors import AIError
 from ai.prompts import system_prompt_for
+from ai.providers import get_provider
 from ai.providers.base import (
     ChatMessage,
     Provider,
@@ -28,14 +29,15 @@ from ai.providers.base import (
     estimate_tokens,
 )
 from chatproject.db import db_run
-from chatproject.errors import ServiceError
+from chatproject.errors import InvalidRequest, ServiceError
 from conversations.models import Message
-from conversations.serializers import message_to_dict
+from conversations.serializers import ChatTurnInputSerializer, message_to_dict
 from conversations.services import (
     PreparedTurn,
     ReplyOutcome,
     reply_checkpoint,
     reply_finish,
+    turn_prepare,
     turn_settle,
 )
 from conversations.streaming.generations import WORKER_ID, Generation, registry
@@ -132,6 +134,51 @@ class StreamTimeout(ServiceError):
     status_code = 504
     default_detail = ERROR_MESSAGES["stream_timeout"][0]
     retryable = True
+
+
+def prepare_turn(*, user: Any, payload: dict[str, Any]) -> tuple[PreparedTurn, Provider]:
+    """Validate a chat body (either shape of contract 3) and start the turn's records.
+
+    Sync, for ``db_run``: raises :class:`ServiceError` (400 naming the fields, 404, 409,
+    429, 503) before anything streams. Shared by the SSE view and the WebSocket consumer.
+    """
+    serializer = ChatTurnInputSerializer(data=payload)
+    if not serializer.is_valid():
+        raise InvalidRequest(serializer.errors)
+    data = serializer.validated_data
+    provider = get_provider()
+    messages = data.get("messages")
+    content = data["message"] if messages is None else messages[-1]["content"]
+    turn = turn_prepare(
+        user=user,
+        context_id=data.get("context_id"),
+        conversation_id=data.get("conversation_id"),
+        content=content,
+        client_history=[dict(m) for m in messages] if messages is not None else None,
+        provider=provider.name,
+        model=provider.model,
+        worker=WORKER_ID,
+        history_limit=settings.CHAT_HISTORY_LIMIT,
+        max_streams=settings.CHAT_MAX_CONCURRENT_STREAMS,
+        reserve_tokens=lambda history, system: (
+            estimate_messages_tokens(history, system) + settings.AI_MAX_OUTPUT_TOKENS
+        ),
+        system_prompt=lambda context: system_prompt_for(
+            context_name=context.name, instructions=context.instructions
+        ),
+    )
+    logger.info(
+        "turn.start",
+        extra={
+            "user_id": turn.user_id,
+            "context_id": str(turn.context_id),
+            "conversation_id": str(turn.conversation_id),
+            "message_id": str(turn.assistant_message.id),
+            "history_messages": len(turn.history),
+            "provider": provider.name,
+        },
+    )
+    return turn, provider
 
 
 def start_generation(turn: PreparedTurn, provider: Provider) -> Generation:

@@ -9,6 +9,7 @@ database work before the stream starts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -17,31 +18,28 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
-from django.views.decorators.csrf import csrf_exempt
 from django.middleware.csrf import CsrfViewMiddleware
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 
-from ai.providers import get_provider
-from ai.providers.base import Provider, estimate_messages_tokens
-from ai.prompts import system_prompt_for
+from ai.providers.base import Provider
 from chatproject.db import db_run
 from chatproject.errors import InvalidRequest, ServiceError
 from conversations import selectors
 from conversations.models import Message
-from conversations.serializers import ChatTurnInputSerializer, message_to_dict
-from conversations.services import PreparedTurn, message_request_cancel, turn_prepare
+from conversations.serializers import message_to_dict
+from conversations.services import PreparedTurn, message_request_cancel
 from conversations.streaming.generations import (
-    WORKER_ID,
     Generation,
     follow,
     parse_last_event_id,
     registry,
 )
 from conversations.streaming.replay import follow_stored
-from conversations.streaming.turn import error_event_data, start_generation
+from conversations.streaming.turn import error_event_data, prepare_turn, start_generation
 
 logger = logging.getLogger("conversations.turn")
 
@@ -74,7 +72,9 @@ def authenticate(request: HttpRequest) -> AbstractBaseUser:
         user = drf_request.user
     except exceptions.AuthenticationFailed as exc:
         raise ServiceError(
-            str(exc.detail), code="authentication_failed", status_code=401,
+            str(exc.detail),
+            code="authentication_failed",
+            status_code=401,
             headers={"WWW-Authenticate": "Bearer"},
         ) from exc
     if user is None or not user.is_authenticated:
@@ -97,9 +97,13 @@ def _parse_body(request: HttpRequest) -> dict[str, Any]:
     try:
         data = json.loads(request.body.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise ServiceError("The body is not valid UTF-8.", code="invalid_json", status_code=400) from exc
+        raise ServiceError(
+            "The body is not valid UTF-8.", code="invalid_json", status_code=400
+        ) from exc
     except (ValueError, RecursionError) as exc:
-        raise ServiceError("The body is not valid JSON.", code="invalid_json", status_code=400) from exc
+        raise ServiceError(
+            "The body is not valid JSON.", code="invalid_json", status_code=400
+        ) from exc
     if not isinstance(data, dict):
         raise InvalidRequest({"non_field_errors": ["Expected a JSON object."]})
     return data
@@ -108,33 +112,7 @@ def _parse_body(request: HttpRequest) -> dict[str, Any]:
 def _prepare(request: HttpRequest) -> tuple[PreparedTurn, Provider]:
     """Authenticate, validate, check and store: everything before the first byte."""
     user = authenticate(request)
-    serializer = ChatTurnInputSerializer(data=_parse_body(request))
-    if not serializer.is_valid():
-        raise InvalidRequest(serializer.errors)
-    data = serializer.validated_data
-    provider = get_provider()
-    messages = data.get("messages")
-    content = data["message"] if messages is None else messages[-1]["content"]
-    return (
-        turn_prepare(
-            user=user,
-            context_id=data.get("context_id"),
-            conversation_id=data.get("conversation_id"),
-            content=content,
-            client_history=[dict(m) for m in messages] if messages is not None else None,
-            provider=provider.name,
-            model=provider.model,
-            worker=WORKER_ID,
-            history_limit=settings.CHAT_HISTORY_LIMIT,
-            max_streams=settings.CHAT_MAX_CONCURRENT_STREAMS,
-            reserve_tokens=lambda history, system: estimate_messages_tokens(history, system)
-            + settings.AI_MAX_OUTPUT_TOKENS,
-            system_prompt=lambda context: system_prompt_for(
-                context_name=context.name, instructions=context.instructions
-            ),
-        ),
-        provider,
-    )
+    return prepare_turn(user=user, payload=_parse_body(request))
 
 
 def wants_event_stream(request: HttpRequest) -> bool:
@@ -176,17 +154,6 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
         turn, provider = await db_run(_prepare, request)
     except ServiceError as exc:
         return exc.as_response()
-    logger.info(
-        "turn.start",
-        extra={
-            "user_id": turn.user_id,
-            "context_id": str(turn.context_id),
-            "conversation_id": str(turn.conversation_id),
-            "message_id": str(turn.assistant_message.id),
-            "history_messages": len(turn.history),
-            "provider": provider.name,
-        },
-    )
     generation = start_generation(turn, provider)
     if wants_event_stream(request):
         return event_stream_response(follow(generation, primary=True))
@@ -251,8 +218,11 @@ async def message_stream(request: HttpRequest, pk: str) -> HttpResponse:
     generation = registry.get(message.id)
     logger.info(
         "turn.resume",
-        extra={"message_id": str(message.id), "last_event_id": last_event_id,
-               "live": generation is not None},
+        extra={
+            "message_id": str(message.id),
+            "last_event_id": last_event_id,
+            "live": generation is not None,
+        },
     )
     if generation is not None:
         return event_stream_response(follow(generation, last_event_id=last_event_id))
@@ -272,10 +242,8 @@ async def message_cancel(request: HttpRequest, pk: str) -> HttpResponse:
     logger.info("turn.cancel", extra={"message_id": str(message.id), "local": bool(generation)})
     if generation is not None:
         generation.request_cancel()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(generation.ended.wait()), CANCEL_WAIT_SECONDS)
-        except TimeoutError:
-            pass
     elif message.status == Message.Status.STREAMING:
         await db_run(message_request_cancel, message_id=message.id)
         loop = asyncio.get_running_loop()

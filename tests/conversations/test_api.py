@@ -28,17 +28,22 @@ def data(user, other_user):
     foreign_message = factories.make_message(foreign_conversation, "assistant", "secret")
     foreign_flow = factories.make_flow(foreign_context, "Secret task")
     return {
-        "context": context, "conversation": conversation, "flow": flow,
-        "foreign_context": foreign_context, "foreign_conversation": foreign_conversation,
-        "foreign_message": foreign_message, "foreign_flow": foreign_flow,
+        "context": context,
+        "conversation": conversation,
+        "flow": flow,
+        "foreign_context": foreign_context,
+        "foreign_conversation": foreign_conversation,
+        "foreign_message": foreign_message,
+        "foreign_flow": foreign_flow,
     }
 
 
 def test_contexts_crud(api, data):
     listing = api.get("/api/v1/contexts/").json()
     assert listing["count"] == 1 and listing["results"][0]["name"] == "Work"
-    created = api.post("/api/v1/contexts/", {"name": "Trip", "instructions": "Be brief"},
-                       format="json")
+    created = api.post(
+        "/api/v1/contexts/", {"name": "Trip", "instructions": "Be brief"}, format="json"
+    )
     assert created.status_code == 201 and created.json()["instructions"] == "Be brief"
     context_id = created.json()["id"]
     assert api.get(f"/api/v1/contexts/{context_id}/").json()["name"] == "Trip"
@@ -50,8 +55,13 @@ def test_contexts_crud(api, data):
 
 @pytest.mark.parametrize(
     ("body", "field"),
-    [({"name": ""}, "name"), ({"name": "x" * 101}, "name"), ({}, "name"),
-     ({"name": "Work"}, "name"), ({"name": "ok", "instructions": "x" * 4001}, "instructions")],
+    [
+        ({"name": ""}, "name"),
+        ({"name": "x" * 101}, "name"),
+        ({}, "name"),
+        ({"name": "Work"}, "name"),
+        ({"name": "ok", "instructions": "x" * 4001}, "instructions"),
+    ],
 )
 def test_context_validation_names_the_field(api, data, body, field):
     response = api.post("/api/v1/contexts/", body, format="json")
@@ -69,19 +79,35 @@ def test_conversations_and_messages(api, data):
     listing = api.get("/api/v1/conversations/").json()
     assert [c["id"] for c in listing["results"]] == [str(conversation.id)]
     filtered = api.get(f"/api/v1/conversations/?context_id={data['context'].id}").json()
-    assert filtered["count"] == 1 and filtered["results"][0]["context_id"] == str(data["context"].id)
+    assert filtered["count"] == 1 and filtered["results"][0]["context_id"] == str(
+        data["context"].id
+    )
     assert api.get(f"/api/v1/conversations/?context_id={uuid.uuid4()}").json()["count"] == 0
     bad = api.get("/api/v1/conversations/?context_id=nope")
     assert bad.status_code == 400 and "context_id" in bad.json()["errors"]
     detail = api.get(f"/api/v1/conversations/{conversation.id}/").json()
     assert detail["title"] == "Planning"
-    assert api.patch(f"/api/v1/conversations/{conversation.id}/", {"title": "New"},
-                     format="json").json()["title"] == "New"
+    assert (
+        api.patch(
+            f"/api/v1/conversations/{conversation.id}/", {"title": "New"}, format="json"
+        ).json()["title"]
+        == "New"
+    )
     messages = api.get(f"/api/v1/conversations/{conversation.id}/messages/").json()
     assert [m["content"] for m in messages["results"]] == ["first", "second"]
     first = messages["results"][0]
-    assert set(first) >= {"id", "conversation_id", "role", "content", "status", "finish_reason",
-                          "usage", "provider", "model", "created_at"}
+    assert set(first) >= {
+        "id",
+        "conversation_id",
+        "role",
+        "content",
+        "status",
+        "finish_reason",
+        "usage",
+        "provider",
+        "model",
+        "created_at",
+    }
     assert api.delete(f"/api/v1/conversations/{conversation.id}/").status_code == 204
     assert not Conversation.objects.filter(pk=conversation.id).exists()
 
@@ -99,8 +125,11 @@ def test_flows(api, data):
     assert api.get("/api/v1/flows/?status=done").json()["count"] == 0
     assert api.get("/api/v1/flows/?priority=medium").json()["count"] == 1
     assert api.get(f"/api/v1/flows/?context_id={data['context'].id}").json()["count"] == 1
-    for query, field in (("status=maybe", "status"), ("priority=urgent", "priority"),
-                         ("context_id=1", "context_id")):
+    for query, field in (
+        ("status=maybe", "status"),
+        ("priority=urgent", "priority"),
+        ("context_id=1", "context_id"),
+    ):
         response = api.get(f"/api/v1/flows/?{query}")
         assert response.status_code == 400 and field in response.json()["errors"]
     nested = api.get(f"/api/v1/contexts/{data['context'].id}/flows/?status=open").json()
@@ -112,8 +141,12 @@ def test_flows(api, data):
     assert bad.status_code == 400 and "priority" in bad.json()["errors"]
     bad = api.patch(f"/api/v1/flows/{flow.id}/", {"due_date": "next week"}, format="json")
     assert bad.status_code == 400 and "due_date" in bad.json()["errors"]
-    assert api.patch(f"/api/v1/flows/{flow.id}/", {"due_date": "2026-12-01"},
-                     format="json").json()["due_date"] == "2026-12-01"
+    assert (
+        api.patch(f"/api/v1/flows/{flow.id}/", {"due_date": "2026-12-01"}, format="json").json()[
+            "due_date"
+        ]
+        == "2026-12-01"
+    )
     assert api.delete(f"/api/v1/flows/{flow.id}/").status_code == 204
     assert not Flow.objects.filter(pk=flow.id).exists()
 
@@ -125,8 +158,10 @@ def test_flow_title_clash_with_open_flow_is_400(api, data):
 
 
 def test_another_users_ids_are_404_everywhere(api, data):
-    ids = {k: data[k].id for k in ("foreign_context", "foreign_conversation",
-                                     "foreign_message", "foreign_flow")}
+    ids = {
+        k: data[k].id
+        for k in ("foreign_context", "foreign_conversation", "foreign_message", "foreign_flow")
+    }
     urls = [
         f"/api/v1/contexts/{ids['foreign_context']}/",
         f"/api/v1/contexts/{ids['foreign_context']}/flows/",
@@ -145,14 +180,21 @@ def test_another_users_ids_are_404_everywhere(api, data):
             assert response.status_code == 404, (method, url)
             assert response.json()["code"] == "not_found"
     # List filters never show another user's rows.
-    assert api.get(f"/api/v1/conversations/?context_id={ids['foreign_context']}").json()["count"] == 0
+    assert (
+        api.get(f"/api/v1/conversations/?context_id={ids['foreign_context']}").json()["count"] == 0
+    )
     assert api.get(f"/api/v1/flows/?context_id={ids['foreign_context']}").json()["count"] == 0
     assert Context.objects.filter(pk=ids["foreign_context"]).exists()
 
 
 def test_anonymous_is_401(anon_api, data):
-    for url in ("/api/v1/contexts/", "/api/v1/conversations/", "/api/v1/flows/",
-                "/api/v1/quota/", f"/api/v1/contexts/{data['context'].id}/"):
+    for url in (
+        "/api/v1/contexts/",
+        "/api/v1/conversations/",
+        "/api/v1/flows/",
+        "/api/v1/quota/",
+        f"/api/v1/contexts/{data['context'].id}/",
+    ):
         response = anon_api.get(url)
         assert response.status_code == 401, url
         assert response.json()["code"] == "not_authenticated"
@@ -179,7 +221,9 @@ def test_health(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"] == {
-        "database": True, "channel_layer": True}
+        "database": True,
+        "channel_layer": True,
+    }
 
 
 def test_issue_token_command(user, capsys):
@@ -200,9 +244,13 @@ def test_demo_setup_is_idempotent(capsys):
 
 
 def test_admin_pages_render(admin_client, data):
-    for url in ("/admin/conversations/context/", "/admin/conversations/conversation/",
-                "/admin/conversations/message/", "/admin/flows/flow/",
-                f"/admin/conversations/conversation/{data['conversation'].id}/change/"):
+    for url in (
+        "/admin/conversations/context/",
+        "/admin/conversations/conversation/",
+        "/admin/conversations/message/",
+        "/admin/flows/flow/",
+        f"/admin/conversations/conversation/{data['conversation'].id}/change/",
+    ):
         assert admin_client.get(url).status_code == 200, url
     page = admin_client.get(f"/admin/conversations/conversation/{data['conversation'].id}/change/")
     assert b"second" in page.content  # messages inline

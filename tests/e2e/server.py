@@ -42,7 +42,9 @@ class DaphneServer:
         self.port = port or free_port()
         self.extra_env = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
-        self.log = tempfile.NamedTemporaryFile(prefix="daphne-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (kept open for the process)
+            prefix="daphne-", suffix=".log", delete=False
+        )
 
     @property
     def url(self) -> str:
@@ -57,8 +59,16 @@ class DaphneServer:
             **self.extra_env,
         }
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-             "chatproject.asgi:application"],
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "chatproject.asgi:application",
+            ],
             cwd=ROOT,
             env=env,
             stdout=self.log,

@@ -33,8 +33,9 @@ def post(server, token, body, **headers):
     kwargs = {"content": body} if isinstance(body, bytes | str) else {"json": body}
     if isinstance(body, bytes | str):
         all_headers.setdefault("Content-Type", "application/json")
-    return httpx.post(f"{server.url}/api/v1/conversations/stream", headers=all_headers,
-                      timeout=20, **kwargs)
+    return httpx.post(
+        f"{server.url}/api/v1/conversations/stream", headers=all_headers, timeout=20, **kwargs
+    )
 
 
 def msg(text="hi", role="user"):
@@ -70,12 +71,19 @@ def test_invalid_bodies_name_the_field(daphne, setup, body, field):
 
 @pytest.mark.parametrize(
     ("raw", "code"),
-    [(b"{not json", "invalid_json"), (b"\xff\xfe{}", "invalid_json"),
-     (b"[" * 100_000 + b"]" * 100_000, "invalid_json"), (b"[1, 2]", "invalid")],
+    [
+        (b"{not json", "invalid_json"),
+        (b"\xff\xfe{}", "invalid_json"),
+        (b"[" * 100_000 + b"]" * 100_000, "invalid_json"),
+        (b"[1, 2]", "invalid"),
+    ],
 )
 def test_malformed_json(daphne, setup, raw, code):
     response = post(daphne, setup["token"], raw)
-    assert response.status_code in (400, 413) and response.json()["code"] in (code, "payload_too_large")
+    assert response.status_code in (400, 413) and response.json()["code"] in (
+        code,
+        "payload_too_large",
+    )
 
 
 def test_wrong_content_type_and_huge_body(daphne, setup):
@@ -88,7 +96,9 @@ def test_wrong_content_type_and_huge_body(daphne, setup):
 def test_authentication_required(daphne, setup):
     response = post(daphne, None, {"context_id": str(setup["context"].id), "messages": [msg()]})
     assert response.status_code == 401 and response.json()["code"] == "not_authenticated"
-    response = post(daphne, "bad-token", {"context_id": str(setup["context"].id), "messages": [msg()]})
+    response = post(
+        daphne, "bad-token", {"context_id": str(setup["context"].id), "messages": [msg()]}
+    )
     assert response.status_code == 401 and response.json()["code"] == "authentication_failed"
 
 
@@ -97,8 +107,10 @@ def test_foreign_or_missing_context_and_conversation_are_404(daphne, setup):
     for body in (
         {"context_id": str(setup["foreign_context"].id), "messages": [msg()]},
         {"context_id": "00000000-0000-0000-0000-000000000000", "messages": [msg()]},
-        {"conversation_id": str(factories.make_conversation(setup["foreign_context"]).id),
-         "message": "hi"},
+        {
+            "conversation_id": str(factories.make_conversation(setup["foreign_context"]).id),
+            "message": "hi",
+        },
     ):
         response = post(daphne, token, body)
         assert response.status_code == 404 and response.json()["code"] == "not_found"
@@ -108,16 +120,20 @@ def test_foreign_or_missing_context_and_conversation_are_404(daphne, setup):
 def test_context_must_match_conversation(daphne, setup):
     conversation = factories.make_conversation(setup["context"])
     other = factories.make_context(setup["alice"], name="Other")
-    response = post(daphne, setup["token"], {"conversation_id": str(conversation.id),
-                                              "context_id": str(other.id), "message": "hi"})
+    response = post(
+        daphne,
+        setup["token"],
+        {"conversation_id": str(conversation.id), "context_id": str(other.id), "message": "hi"},
+    )
     assert response.status_code == 400 and "context_id" in response.json()["errors"]
 
 
 def test_conversation_busy_is_409(daphne, setup):
     conversation = factories.make_conversation(setup["context"])
     factories.make_message(conversation, role="assistant", content="", status="streaming")
-    response = post(daphne, setup["token"], {"conversation_id": str(conversation.id),
-                                              "message": "hi"})
+    response = post(
+        daphne, setup["token"], {"conversation_id": str(conversation.id), "message": "hi"}
+    )
     assert response.status_code == 409 and response.json()["code"] == "conversation_busy"
 
 
@@ -125,8 +141,9 @@ def test_too_many_streams_is_429(daphne, setup):
     for i in range(3):  # CHAT_MAX_CONCURRENT_STREAMS defaults to 3
         conversation = factories.make_conversation(factories.make_context(setup["alice"], f"B{i}"))
         factories.make_message(conversation, role="assistant", content="", status="streaming")
-    response = post(daphne, setup["token"], {"context_id": str(setup["context"].id),
-                                              "messages": [msg()]})
+    response = post(
+        daphne, setup["token"], {"context_id": str(setup["context"].id), "messages": [msg()]}
+    )
     assert response.status_code == 429 and response.json()["code"] == "too_many_streams"
     assert "retry-after" in response.headers
 
@@ -134,8 +151,9 @@ def test_too_many_streams_is_429(daphne, setup):
 def test_quota_exceeded_is_429_with_quota_and_retry_after(daphne, setup):
     quota = quota_get_or_create(user=setup["alice"])
     Quota.objects.filter(pk=quota.pk).update(requests_used=quota.requests_limit)
-    response = post(daphne, setup["token"], {"context_id": str(setup["context"].id),
-                                              "messages": [msg()]})
+    response = post(
+        daphne, setup["token"], {"context_id": str(setup["context"].id), "messages": [msg()]}
+    )
     assert response.status_code == 429
     body = response.json()
     assert body["code"] == "quota_exceeded" and body["quota"]["requests_remaining"] == 0
@@ -145,8 +163,9 @@ def test_quota_exceeded_is_429_with_quota_and_retry_after(daphne, setup):
 
 def test_provider_not_configured_is_503(daphne_factory, setup):
     server = daphne_factory(AI_PROVIDER="openai", OPENAI_API_KEY="", OPENAI_BASE_URL="")
-    response = post(server, setup["token"], {"context_id": str(setup["context"].id),
-                                             "messages": [msg()]})
+    response = post(
+        server, setup["token"], {"context_id": str(setup["context"].id), "messages": [msg()]}
+    )
     assert response.status_code == 503 and response.json()["code"] == "ai_unavailable"
 
 
@@ -156,15 +175,24 @@ def test_session_post_needs_csrf(daphne, setup):
     client = httpx.Client(base_url=daphne.url, timeout=20)
     page = client.get("/admin/login/")
     csrf = client.cookies["csrftoken"]
-    login = client.post("/admin/login/", data={"username": "alice", "password": "pw-alice",
-                                               "csrfmiddlewaretoken": csrf, "next": "/admin/"},
-                        headers={"Referer": f"{daphne.url}/admin/login/"})
+    login = client.post(
+        "/admin/login/",
+        data={
+            "username": "alice",
+            "password": "pw-alice",
+            "csrfmiddlewaretoken": csrf,
+            "next": "/admin/",
+        },
+        headers={"Referer": f"{daphne.url}/admin/login/"},
+    )
     assert page.status_code == 200 and login.status_code in (200, 302)
     assert "sessionid" in client.cookies
     body = {"context_id": str(setup["context"].id), "messages": [msg()]}
     refused = client.post("/api/v1/conversations/stream", json=body)
     assert refused.status_code == 403 and refused.json()["code"] == "permission_denied"
-    accepted = client.post("/api/v1/conversations/stream", json=body,
-                           headers={"X-CSRFToken": client.cookies["csrftoken"],
-                                    "Referer": f"{daphne.url}/"})
+    accepted = client.post(
+        "/api/v1/conversations/stream",
+        json=body,
+        headers={"X-CSRFToken": client.cookies["csrftoken"], "Referer": f"{daphne.url}/"},
+    )
     assert accepted.status_code == 200

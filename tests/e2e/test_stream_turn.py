@@ -39,7 +39,9 @@ def test_event_order_ids_persistence_quota_and_flows(daphne, alice):
     user, token, context = alice
     before = quota_get_or_create(user=user)
     result = stream(
-        "POST", chat_url(daphne), token=token,
+        "POST",
+        chat_url(daphne),
+        token=token,
         json_body=body_for(context, "I need to book a flight and call the client"),
     )
     assert result.status_code == 200
@@ -70,8 +72,10 @@ def test_event_order_ids_persistence_quota_and_flows(daphne, alice):
 
     done = result.last().data
     assert done["finish_reason"] == "stop" and done["message_id"] == str(message.id)
-    assert done["usage"] == {"input_tokens": message.input_tokens,
-                             "output_tokens": message.output_tokens}
+    assert done["usage"] == {
+        "input_tokens": message.input_tokens,
+        "output_tokens": message.output_tokens,
+    }
     after = Quota.objects.get(user=user)
     assert after.requests_used == before.requests_used + 1
     assert after.tokens_used > before.tokens_used
@@ -88,7 +92,9 @@ def test_event_order_ids_persistence_quota_and_flows(daphne, alice):
 
 def test_text_with_newlines_quotes_emoji_and_sse_lookalikes_survives(daphne, alice):
     _, token, context = alice
-    text = 'line one\nline "two"\r\ndata: not an event\nevent: done\n\nid: 99 🎉 ünïcødé [[mock:echo]]'
+    text = (
+        'line one\nline "two"\r\ndata: not an event\nevent: done\n\nid: 99 🎉 ünïcødé [[mock:echo]]'
+    )
     result = stream("POST", chat_url(daphne), token=token, json_body=body_for(context, text))
     assert result.text() == text
     assert Message.objects.get(pk=result.last().data["message_id"]).content == text
@@ -99,7 +105,9 @@ def test_server_kept_history_shape(daphne, alice):
     first = stream("POST", chat_url(daphne), token=token, json_body=body_for(context, "hello"))
     conversation_id = first.first("metadata").data["conversation_id"]
     second = stream(
-        "POST", chat_url(daphne), token=token,
+        "POST",
+        chat_url(daphne),
+        token=token,
         json_body={"conversation_id": conversation_id, "message": "and again"},
     )
     assert second.last().event == "done"
@@ -112,9 +120,13 @@ def test_chunks_arrive_incrementally_with_keepalives(daphne_factory, alice, tran
     _, token, context = alice
     body = json.dumps(body_for(context, "[[mock:slow:60]] [[mock:long:20]] tell me")).encode()
     read = raw_post(
-        chat_url(server), body,
-        {"Authorization": f"Token {token}", "Content-Type": "application/json",
-         "Accept": "text/event-stream"},
+        chat_url(server),
+        body,
+        {
+            "Authorization": f"Token {token}",
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+        },
     )
     assert b" 200 " in read.head.split(b"\r\n")[0]
     text = read.body.decode()
@@ -130,9 +142,13 @@ def test_keepalive_comment_during_silence(daphne_factory, alice, transactional_d
     _, token, context = alice
     body = json.dumps(body_for(context, "[[mock:slow:700]] [[mock:long:2]] hi")).encode()
     read = raw_post(
-        chat_url(server), body,
-        {"Authorization": f"Token {token}", "Content-Type": "application/json",
-         "Accept": "text/event-stream"},
+        chat_url(server),
+        body,
+        {
+            "Authorization": f"Token {token}",
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+        },
     )
     text = read.body.decode()
     assert text.count(": keep-alive\n\n") >= 2
@@ -142,8 +158,10 @@ def test_keepalive_comment_during_silence(daphne_factory, alice, transactional_d
 def test_json_mode_without_event_stream(daphne, alice):
     _, token, context = alice
     response = httpx.post(
-        chat_url(daphne), json=body_for(context, "I have to water the plants"),
-        headers={"Authorization": f"Token {token}", "Accept": "application/json"}, timeout=30,
+        chat_url(daphne),
+        json=body_for(context, "I have to water the plants"),
+        headers={"Authorization": f"Token {token}", "Accept": "application/json"},
+        timeout=30,
     )
     assert response.status_code == 200
     body = response.json()
@@ -157,8 +175,9 @@ def test_json_mode_without_event_stream(daphne, alice):
 
 def test_alias_endpoint(daphne, alice):
     _, token, context = alice
-    result = stream("POST", f"{daphne.url}/api/ai/chat/stream", token=token,
-                    json_body=body_for(context, "hi"))
+    result = stream(
+        "POST", f"{daphne.url}/api/ai/chat/stream", token=token, json_body=body_for(context, "hi")
+    )
     assert result.status_code == 200 and result.last().event == "done"
 
 
@@ -168,8 +187,12 @@ def test_alias_endpoint(daphne, alice):
 )
 def test_provider_error_before_first_token(daphne, alice, code, retryable):
     user, token, context = alice
-    result = stream("POST", chat_url(daphne), token=token,
-                    json_body=body_for(context, f"[[mock:error:{code}]] hi"))
+    result = stream(
+        "POST",
+        chat_url(daphne),
+        token=token,
+        json_body=body_for(context, f"[[mock:error:{code}]] hi"),
+    )
     assert result.names() == ["metadata", "typing", "typing", "error"]
     error = result.last().data
     assert error["code"] == code and error["retryable"] is retryable
@@ -184,8 +207,12 @@ def test_provider_error_before_first_token(daphne, alice, code, retryable):
 
 def test_stream_cut_midway_keeps_partial_reply_as_failed(daphne, alice):
     user, token, context = alice
-    result = stream("POST", chat_url(daphne), token=token,
-                    json_body=body_for(context, "[[mock:fail-midway]] tell me"))
+    result = stream(
+        "POST",
+        chat_url(daphne),
+        token=token,
+        json_body=body_for(context, "[[mock:fail-midway]] tell me"),
+    )
     assert result.last().event == "error"
     assert result.last().data["retryable"] is True
     assert "done" not in result.names()
@@ -201,8 +228,12 @@ def test_stream_cut_midway_keeps_partial_reply_as_failed(daphne, alice):
 def test_generation_timeout_ends_with_stream_timeout(daphne_factory, alice, transactional_db):
     server = daphne_factory(MOCK_TOKEN_DELAY_MS="1", CHAT_STREAM_TIMEOUT_SECONDS="0.5")
     user, token, context = alice
-    result = stream("POST", chat_url(server), token=token,
-                    json_body=body_for(context, "[[mock:slow:100]] [[mock:long:50]] go"))
+    result = stream(
+        "POST",
+        chat_url(server),
+        token=token,
+        json_body=body_for(context, "[[mock:slow:100]] [[mock:long:50]] go"),
+    )
     assert result.last().event == "error"
     assert result.last().data["code"] == "stream_timeout"
     message = Message.objects.get(pk=result.first("metadata").data["message_id"])
@@ -212,8 +243,12 @@ def test_generation_timeout_ends_with_stream_timeout(daphne_factory, alice, tran
 
 def test_extraction_failure_still_ends_with_done(daphne, alice):
     _, token, context = alice
-    result = stream("POST", chat_url(daphne), token=token,
-                    json_body=body_for(context, "I need to call Bob [[mock:extract-fail]]"))
+    result = stream(
+        "POST",
+        chat_url(daphne),
+        token=token,
+        json_body=body_for(context, "I need to call Bob [[mock:extract-fail]]"),
+    )
     assert result.names()[-2:] == ["flows_extracted", "done"]
     assert result.first("flows_extracted").data["flows"] == []
     assert UsageRecord.objects.filter(purpose="extraction", outcome="failed").exists()
@@ -222,11 +257,20 @@ def test_extraction_failure_still_ends_with_done(daphne, alice):
 def test_disconnect_mid_reply_keeps_generating_and_settles(daphne_factory, alice, transactional_db):
     server = daphne_factory(MOCK_TOKEN_DELAY_MS="1")
     user, token, context = alice
-    partial = stream("POST", chat_url(server), token=token, stop_after=5,
-                     json_body=body_for(context, "[[mock:slow:20]] [[mock:long:40]] go"))
+    partial = stream(
+        "POST",
+        chat_url(server),
+        token=token,
+        stop_after=5,
+        json_body=body_for(context, "[[mock:slow:20]] [[mock:long:40]] go"),
+    )
     message_id = partial.first("metadata").data["message_id"]
-    resumed = stream("GET", f"{server.url}/api/v1/messages/{message_id}/stream", token=token,
-                     headers={"Last-Event-ID": partial.events[-1].id})
+    resumed = stream(
+        "GET",
+        f"{server.url}/api/v1/messages/{message_id}/stream",
+        token=token,
+        headers={"Last-Event-ID": partial.events[-1].id},
+    )
     message = Message.objects.get(pk=message_id)
     assert message.status == "complete"
     assert partial.text() + resumed.text() == message.content
@@ -236,15 +280,19 @@ def test_disconnect_mid_reply_keeps_generating_and_settles(daphne_factory, alice
 
 def test_more_concurrent_turns_than_quota_allows(daphne_factory, alice, transactional_db):
     server = daphne_factory(MOCK_TOKEN_DELAY_MS="5", CHAT_MAX_CONCURRENT_STREAMS="50")
-    user, token, context = alice
+    user, token, _ = alice
     quota = quota_get_or_create(user=user)
     Quota.objects.filter(pk=quota.pk).update(requests_limit=3)
     contexts = [factories.make_context(user, name=f"C{i}") for i in range(8)]
     results: list = [None] * 8
 
     def run(i: int) -> None:
-        results[i] = stream("POST", chat_url(server), token=token,
-                            json_body=body_for(contexts[i], "[[mock:long:30]] go"))
+        results[i] = stream(
+            "POST",
+            chat_url(server),
+            token=token,
+            json_body=body_for(contexts[i], "[[mock:long:30]] go"),
+        )
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
     for t in threads:

@@ -24,9 +24,7 @@ class Command(BaseCommand):
         user = User.objects.filter(username=username).first()
         if user is None:
             if not create:
-                raise CommandError(
-                    f"No user named {username!r}. Use --create to make one."
-                )
+                raise CommandError(f"No user named {username!r}. Use --create to make one.")
             user = User.objects.create_user(username=username)
             user.set_unusable_password()
             user.save()
