@@ -30,6 +30,7 @@ lint: install
 test: install
 	$(VENV)/bin/ruff check .
 	$(PY) manage.py makemigrations --check --dry-run
+	bash scripts/ensure_chromium.sh
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 clean:

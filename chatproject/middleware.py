@@ -1,4 +1,5 @@
-"""Middleware of our own: a request id that follows a request into its turn and logs."""
+"""Middleware of our own: a request id that follows a request into its turn and logs, and
+an async WhiteNoise so that no middleware forces a thread hop on every request."""
 
 from __future__ import annotations
 
@@ -7,12 +8,28 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponseBase
+from whitenoise.middleware import WhiteNoiseMiddleware
 
 from chatproject.logging import request_id_var
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+_background_started = False
+
+
+def _start_background() -> None:
+    """Start the process's background work (the stale-reply sweeper) on first use.
+
+    daphne has no lifespan events, so the first request of a process starts it.
+    """
+    global _background_started
+    from conversations.streaming.recovery import ensure_sweeper
+
+    ensure_sweeper()
+    _background_started = True
 
 
 class RequestIdMiddleware:
@@ -48,6 +65,8 @@ class RequestIdMiddleware:
         return response
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        if not _background_started:
+            _start_background()
         rid, token = self._start(request)
         try:
             response = await self.get_response(request)
@@ -55,3 +74,27 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
         response["X-Request-Id"] = rid
         return response
+
+
+class AsyncWhiteNoiseMiddleware(WhiteNoiseMiddleware):
+    """WhiteNoise, async: it is sync-only, which would force the whole middleware chain
+    into a thread for every request, the streaming turn included. Static files are
+    looked up in memory and served from a thread; everything else passes straight on."""
+
+    sync_capable = False
+    async_capable = True
+
+    def __init__(self, get_response: Callable) -> None:
+        super().__init__(get_response)
+        markcoroutinefunction(self)
+
+    async def __call__(self, request: HttpRequest) -> HttpResponseBase:  # type: ignore[override]
+        if self.autorefresh:
+            static_file = await sync_to_async(self.find_file, thread_sensitive=False)(
+                request.path_info
+            )
+        else:
+            static_file = self.files.get(request.path_info)
+        if static_file is not None:
+            return await sync_to_async(self.serve, thread_sensitive=False)(static_file, request)
+        return await self.get_response(request)

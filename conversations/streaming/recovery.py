@@ -1,0 +1,74 @@
+"""Start-up recovery and the stale-reply sweeper (contract 3.3).
+
+A generation touches its message at least every few seconds (its checkpoints are its
+heartbeat). A message still ``streaming`` with no heartbeat for ``CHAT_STALE_SECONDS``
+belongs to a process that died: it is marked ``interrupted``, keeping its text, and its
+quota reservation is released. Generations this process runs are never touched, nor are
+those of live processes (they keep beating). Each server process runs the sweeper from
+its first request on, so a restarted server cleans up after the one that died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Iterable
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from chatproject.db import db_run
+from conversations.models import Message
+
+logger = logging.getLogger("conversations.recovery")
+
+_task: asyncio.Task[None] | None = None
+
+
+def messages_interrupt_stale(*, stale_after: timedelta, keep: Iterable[uuid.UUID] = ()) -> int:
+    """Mark stale ``streaming`` replies ``interrupted`` and release their reservations."""
+    from ai.quota import reservations_release_stale
+
+    cutoff = timezone.now() - stale_after
+    with transaction.atomic():
+        ids = list(
+            Message.objects.filter(status=Message.Status.STREAMING, updated_at__lt=cutoff)
+            .exclude(pk__in=list(keep))
+            .values_list("pk", flat=True)
+        )
+        if not ids:
+            return 0
+        Message.objects.filter(pk__in=ids, status=Message.Status.STREAMING).update(
+            status=Message.Status.INTERRUPTED,
+            finish_reason=Message.FinishReason.INTERRUPTED,
+            error_code="internal_error",
+            error_retryable=True,
+            updated_at=timezone.now(),
+        )
+        reservations_release_stale(message_ids=ids)
+    logger.warning("recovery.interrupted", extra={"messages": len(ids)})
+    return len(ids)
+
+
+async def _sweep_forever() -> None:
+    from conversations.streaming.generations import registry
+
+    stale_after = timedelta(seconds=settings.CHAT_STALE_SECONDS)
+    interval = max(0.5, min(10.0, settings.CHAT_STALE_SECONDS / 3))
+    while True:
+        try:
+            keep = [generation.message_id for generation in registry.all()]
+            await db_run(messages_interrupt_stale, stale_after=stale_after, keep=keep)
+        except Exception:
+            logger.warning("recovery.sweep_failed", exc_info=True)
+        await asyncio.sleep(interval)
+
+
+def ensure_sweeper() -> None:
+    """Start this process's sweeper once (called on the first request)."""
+    global _task
+    if _task is None or _task.done():
+        _task = asyncio.get_running_loop().create_task(_sweep_forever())
