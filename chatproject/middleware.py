@@ -23,12 +23,15 @@ _background_started = False
 def _start_background() -> None:
     """Start the process's background work (the stale-reply sweeper) on first use.
 
-    daphne has no lifespan events, so the first request of a process starts it.
+    daphne has no lifespan events, so the first request of a process starts it; with a
+    shared channel layer, also the listener that lets other processes follow its replies.
     """
     global _background_started
     from conversations.streaming.recovery import ensure_sweeper
+    from conversations.streaming.relay import ensure_listener
 
     ensure_sweeper()
+    ensure_listener()
     _background_started = True
 
 

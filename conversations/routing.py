@@ -1,4 +1,7 @@
-"""WebSocket routes (contract section 3.4)."""
+"""WebSocket routes (contract section 3.4), served by the same daphne process as HTTP."""
 
+from django.urls import path
 
-websocket_urlpatterns: list = []
+from conversations.consumers import ChatConsumer
+
+websocket_urlpatterns = [path("ws/v1/chat/", ChatConsumer.as_asgi())]

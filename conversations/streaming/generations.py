@@ -21,8 +21,10 @@ characters (code points); clients never compute them, they only echo the id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import re
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -38,10 +40,18 @@ METADATA_ID = 1
 TYPING_START_ID = 2
 TEXT_BASE = 2
 
-#: This process, as stored on the messages it generates.
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+#: This process, as stored on the messages it generates (also a channel-name-safe token).
+WORKER_ID = "{}.{}.{}".format(
+    re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40], os.getpid(), uuid.uuid4().hex[:8]
+)
 
 TrailingEvent = tuple[str, dict[str, Any]]
+#: ``(event id, event name, data)`` as :func:`iter_events` yields them.
+Event = tuple[int, str, Any]
+
+#: The event names :func:`iter_events` yields without a dict (compared with ``is``).
+CHUNK = "chunk"
+KEEP_ALIVE = "keep-alive"
 
 
 class Generation:
@@ -62,6 +72,8 @@ class Generation:
         self.result: dict[str, Any] = {}
         self.keepalive_seq = 0
         self.first_token_at: float | None = None
+        self.relay: asyncio.Task[None] | None = None
+        self.relay_snapshot = False
         self._loop = asyncio.get_running_loop()
         self._waiters: list[asyncio.Future[None]] = []
         self.last_event_at = self._loop.time()
@@ -179,58 +191,86 @@ def trailing_event_id(length: int, position: int) -> int:
     return TEXT_BASE + length + 1 + position
 
 
-def preamble(metadata: dict[str, Any], last_event_id: int) -> list[bytes]:
-    """``metadata`` and ``typing`` start, unless the client has them."""
-    events = []
+def preamble_events(metadata: dict[str, Any], last_event_id: int) -> list[Event]:
+    """``metadata`` and ``typing`` start as ``(id, event, data)``, unless the client has them."""
+    events: list[Event] = []
     if last_event_id < METADATA_ID:
-        events.append(encode_event(METADATA_ID, "metadata", metadata))
+        events.append((METADATA_ID, "metadata", metadata))
     if last_event_id < TYPING_START_ID:
-        events.append(encode_event(TYPING_START_ID, "typing", {"status": "start"}))
+        events.append((TYPING_START_ID, "typing", {"status": "start"}))
     return events
+
+
+def preamble(metadata: dict[str, Any], last_event_id: int) -> list[bytes]:
+    """``metadata`` and ``typing`` start, SSE-encoded, unless the client has them."""
+    return [encode_event(*event) for event in preamble_events(metadata, last_event_id)]
+
+
+async def iter_events(generation: Generation, *, last_event_id: int = 0) -> AsyncIterator[Event]:
+    """A generation's events from after ``last_event_id``, as ``(id, event, data)``.
+
+    The event order and ids of every transport (SSE, WebSocket) come from here. ``data`` is
+    a dict, except for ``chunk`` (the text delta itself, a ``str``: no dict on the hot
+    path) and :data:`KEEP_ALIVE` (``None``, id ``0``: the generation was silent for
+    ``CHAT_KEEPALIVE_SECONDS``; a transport may drop it). Chunks that arrived while the
+    follower was busy come as one chunk. Ends when the generation is closed; cancelling the
+    caller stops only this follower (what a disconnect means is the transport's choice).
+    """
+    for event in preamble_events(generation.metadata, last_event_id):
+        yield event
+    offset = max(0, last_event_id - TEXT_BASE)
+    index = 0
+    if offset:
+        text = generation.text()
+        index = len(generation.parts)
+        if offset < len(text):
+            yield TEXT_BASE + len(text), CHUNK, text[offset:]
+        offset = len(text)
+    parts = generation.parts
+    sent = 0
+    while True:
+        count = len(parts)
+        if index < count:
+            piece = parts[index] if count - index == 1 else "".join(parts[index:count])
+            index = count
+            offset += len(piece)
+            yield TEXT_BASE + offset, CHUNK, piece
+            continue
+        trailing = generation.trailing
+        while sent < len(trailing):
+            event_id = trailing_event_id(generation.length, sent)
+            if event_id > last_event_id:
+                yield event_id, *trailing[sent]
+            sent += 1
+        if generation.closed:
+            return
+        seen = generation.keepalive_seq
+        await generation.changed()
+        if generation.keepalive_seq != seen and len(parts) == index:
+            yield 0, KEEP_ALIVE, None
 
 
 async def follow(
     generation: Generation, *, last_event_id: int = 0, primary: bool = False
 ) -> AsyncIterator[bytes]:
-    """Stream a generation's events to one client, from after ``last_event_id``.
+    """Stream a generation's events to one SSE client, from after ``last_event_id``.
 
-    Chunks that arrived while the client was busy are sent as one chunk. A client that
-    disconnects stops only its own stream, unless ``CHAT_CANCEL_ON_DISCONNECT`` is set.
+    The SSE encoding of :func:`iter_events`. A client that disconnects stops only its own
+    stream, unless ``CHAT_CANCEL_ON_DISCONNECT`` is set and this is the turn's own
+    response (``primary``).
     """
     try:
         yield retry_line(settings.CHAT_SSE_RETRY_MS)
-        for event in preamble(generation.metadata, last_event_id):
-            yield event
-        offset = max(0, last_event_id - TEXT_BASE)
-        index = 0
-        if offset:
-            text = generation.text()
-            index = len(generation.parts)
-            if offset < len(text):
-                yield encode_chunk(TEXT_BASE + len(text), text[offset:])
-            offset = len(text)
-        parts = generation.parts
-        sent = 0
-        while True:
-            count = len(parts)
-            if index < count:
-                piece = parts[index] if count - index == 1 else "".join(parts[index:count])
-                index = count
-                offset += len(piece)
-                yield encode_chunk(TEXT_BASE + offset, piece)
-                continue
-            trailing = generation.trailing
-            while sent < len(trailing):
-                event_id = trailing_event_id(generation.length, sent)
-                if event_id > last_event_id:
-                    yield encode_event(event_id, *trailing[sent])
-                sent += 1
-            if generation.closed:
-                return
-            seen = generation.keepalive_seq
-            await generation.changed()
-            if generation.keepalive_seq != seen and len(parts) == index:
-                yield KEEPALIVE
+        async with contextlib.aclosing(
+            iter_events(generation, last_event_id=last_event_id)
+        ) as events:
+            async for event_id, event, data in events:
+                if event is CHUNK:
+                    yield encode_chunk(event_id, data)
+                elif event is KEEP_ALIVE:
+                    yield KEEPALIVE
+                else:
+                    yield encode_event(event_id, event, data)
     except (asyncio.CancelledError, GeneratorExit):
         if primary and settings.CHAT_CANCEL_ON_DISCONNECT:
             generation.request_cancel()

@@ -9,6 +9,7 @@ polling its checkpoints until it ends.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,12 +21,19 @@ from conversations.models import Message
 from conversations.streaming.generations import (
     KEEPALIVE,
     TEXT_BASE,
+    WORKER_ID,
     preamble,
     trailing_event_id,
 )
+from conversations.streaming.relay import Progress, RelayLost, follow_remote, relay_enabled
 from conversations.streaming.sse import encode_chunk, encode_event, retry_line
 
 POLL_SECONDS = 0.25
+logger = logging.getLogger("conversations.relay")
+
+
+def _runs_elsewhere(message: Message) -> bool:
+    return relay_enabled() and bool(message.worker) and message.worker != WORKER_ID
 
 
 def stored_metadata(message: Message) -> dict[str, Any]:
@@ -93,12 +101,25 @@ async def follow_stored(message: Message, *, last_event_id: int) -> AsyncIterato
     offset = max(0, last_event_id - TEXT_BASE)
     loop = asyncio.get_running_loop()
     last_sent = loop.time()
+    relayed = False
     while True:
         content = message.content
         if offset < len(content):
             yield encode_chunk(TEXT_BASE + len(content), content[offset:])
             offset = len(content)
             last_sent = loop.time()
+        if trailing is None and not relayed and _runs_elsewhere(message):
+            relayed = True  # live from the owner; the database again if it goes quiet
+            progress = Progress(offset, last_event_id)
+            try:
+                async for event in follow_remote(
+                    message_id=message.id, worker=message.worker, progress=progress
+                ):
+                    yield event
+                return
+            except RelayLost:
+                offset, last_event_id = progress.offset, progress.last_event_id
+                logger.info("relay.lost", extra={"message_id": str(message.id)})
         if trailing is not None:
             seen = last_event_id
             if message.status == Message.Status.INTERRUPTED and offset > len(content):

@@ -38,6 +38,7 @@ from conversations.streaming.generations import (
     parse_last_event_id,
     registry,
 )
+from conversations.streaming.relay import request_remote_cancel
 from conversations.streaming.replay import follow_stored
 from conversations.streaming.turn import error_event_data, prepare_turn, start_generation
 
@@ -246,6 +247,7 @@ async def message_cancel(request: HttpRequest, pk: str) -> HttpResponse:
             await asyncio.wait_for(asyncio.shield(generation.ended.wait()), CANCEL_WAIT_SECONDS)
     elif message.status == Message.Status.STREAMING:
         await db_run(message_request_cancel, message_id=message.id)
+        await request_remote_cancel(message_id=message.id, worker=message.worker)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CANCEL_WAIT_SECONDS
         while loop.time() < deadline:

@@ -1,0 +1,293 @@
+"""The chat WebSocket, ``/ws/v1/chat/`` (contract 3.4): the SSE turn over one socket.
+
+Authentication is in :mod:`conversations.ws_auth` (token subprotocol pair, ``Authorization``
+header, or session cookie); a connection without valid credentials is accepted, sent one
+``error`` (``code`` ``not_authenticated`` / ``authentication_failed``, ``status`` 401) and
+closed with code 4401.
+
+Client -> server, one JSON object per text frame:
+
+``{"type": "chat", ...}``
+    a turn; the rest is the body of ``POST /api/v1/conversations/stream`` (either shape).
+``{"type": "cancel", "message_id": "..."}``
+    stop a reply of the caller's (any of them, not only this socket's); answered with
+    ``{"type": "cancel_accepted", "message_id": ...}``. The stream of that reply (on this
+    socket or elsewhere) then ends with ``done``, ``finish_reason`` ``cancelled``.
+``{"type": "resume", "message_id": "...", "last_event_id": N}``
+    follow a reply from after event ``N`` (default 0), as ``GET /api/v1/messages/{id}/stream``
+    does: exactly what the client has not received yet, live or stored.
+
+Server -> client: the events of the SSE stream (contract 3.1), in the same order with the
+same ids, as ``{"type": <event>, "id": <event id>, ...data}`` (``metadata``, ``typing``
+start, ``chunk``\\s, ``typing`` stop, ``flows_extracted``, ``done``, or ``error`` with
+``code``/``message``/``retryable``). SSE keep-alive comments are not sent (daphne pings the
+socket). A problem before a stream starts (400 ``invalid`` with the fields in ``errors``,
+404, 409, 429, 503, or a bad frame) is ``{"type": "error", "code", "detail", "status": <HTTP
+status>, "request": <the client message's type>, ...data}`` -- without ``id``, which is how
+it differs from a stream's ``error`` event -- and the socket stays open.
+
+One stream at a time per socket: a ``chat`` or ``resume`` while a stream is being sent is
+refused with ``error`` ``busy`` (409); ``cancel`` is always accepted. Open more sockets to
+run turns side by side. On disconnect the follower task is cancelled and the generation
+runs on (it can be resumed), unless ``CHAT_CANCEL_ON_DISCONNECT`` is set, in which case the
+turn started on this socket is cancelled. The per-chunk path is one JSON encode and one
+``send``: no thread hop, no database access.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
+
+from chatproject.db import db_run
+from chatproject.errors import InvalidRequest, ServiceError
+from conversations import selectors
+from conversations.models import Message
+from conversations.services import message_request_cancel
+from conversations.streaming.generations import (
+    CHUNK,
+    KEEP_ALIVE,
+    Event,
+    Generation,
+    iter_events,
+    parse_last_event_id,
+    registry,
+)
+from conversations.streaming.replay import follow_stored
+from conversations.streaming.turn import prepare_turn, start_generation
+from conversations.ws_auth import CLOSE_UNAUTHENTICATED
+
+logger = logging.getLogger("conversations.ws")
+
+_dumps = DjangoJSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_dumps_ascii = DjangoJSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+_dumps_text = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def _frame(payload: str, body: Any) -> str:
+    """``payload`` if it is valid UTF-8 (a WebSocket text frame must be), else pure ASCII
+    (a lone surrogate in a reply travels as a ``\\u`` escape, as in SSE)."""
+    try:
+        payload.encode()
+    except UnicodeEncodeError:
+        return _dumps_ascii(body)
+    return payload
+
+
+def encode_ws_event(event_id: int, event: str, data: Any) -> str:
+    """One stream event as a text frame: ``{"type": event, "id": event_id, ...data}``."""
+    if event is CHUNK:  # the hot path: one string encode, no dict
+        payload = f'{{"type":"chunk","id":{event_id},"content":{_dumps_text(data)}}}'
+        try:
+            payload.encode()
+        except UnicodeEncodeError:
+            return _dumps_ascii({"type": "chunk", "id": event_id, "content": data})
+        return payload
+    body = {"type": event, "id": event_id, **data}
+    return _frame(_dumps(body), body)
+
+
+async def stored_events(message: Message, *, last_event_id: int) -> AsyncIterator[Event]:
+    """The events of a reply this process does not run (finished, or run by another
+    process), as ``(id, event, data)``: :func:`follow_stored`'s SSE frames, decoded."""
+    frames = follow_stored(message, last_event_id=last_event_id)
+    async with contextlib.aclosing(frames):
+        async for frame in frames:
+            if not frame.startswith(b"id:"):  # the retry line, keep-alive comments
+                continue
+            fields = dict(line.split(": ", 1) for line in frame.decode().strip().split("\n"))
+            data = json.loads(fields["data"])
+            data.pop("type", None)
+            yield int(fields["id"]), fields["event"], data
+
+
+class ChatConsumer(AsyncJsonWebsocketConsumer):
+    """One client's socket: turns, resumes and cancels, one stream at a time."""
+
+    user: Any = None
+    follower: asyncio.Task[None] | None = None
+    primary: Generation | None = None
+
+    # --- connection ------------------------------------------------------------------
+    async def connect(self) -> None:
+        await self.accept(subprotocol=self.scope.get("auth_subprotocol"))
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            code = self.scope.get("auth_error") or "not_authenticated"
+            detail = (
+                "Invalid credentials."
+                if code == "authentication_failed"
+                else "Authentication credentials were not provided."
+            )
+            await self.send_error(ServiceError(detail, code=code, status_code=401), "connect")
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        self.user = user
+        logger.info("ws.connect", extra={"user_id": user.pk})
+
+    async def disconnect(self, code: int) -> None:
+        follower, primary = self.follower, self.primary
+        if follower is None or follower.done():
+            return
+        if primary is not None and settings.CHAT_CANCEL_ON_DISCONNECT:
+            primary.request_cancel()
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+        logger.info("ws.disconnect_while_streaming", extra={"close_code": code})
+
+    # --- frames ----------------------------------------------------------------------
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.user is None:  # not authenticated: the socket is closing
+            return
+        if text_data is None:
+            await self.send_error(
+                ServiceError("Send JSON text frames.", code="invalid_json", status_code=400), ""
+            )
+            return
+        if len(text_data) > settings.CHAT_MAX_BODY_BYTES:
+            await self.send_error(
+                ServiceError(
+                    f"The message is larger than {settings.CHAT_MAX_BODY_BYTES} bytes.",
+                    code="payload_too_large",
+                    status_code=413,
+                ),
+                "",
+            )
+            return
+        try:
+            content = json.loads(text_data)
+        except (ValueError, RecursionError):
+            await self.send_error(
+                ServiceError(
+                    "The message is not valid JSON.", code="invalid_json", status_code=400
+                ),
+                "",
+            )
+            return
+        await self.receive_json(content)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        kind = content.get("type") if isinstance(content, dict) else None
+        handler = {"chat": self.on_chat, "cancel": self.on_cancel, "resume": self.on_resume}.get(
+            kind if isinstance(kind, str) else ""
+        )
+        try:
+            if handler is None:
+                raise InvalidRequest(
+                    {"type": ["Expected an object with type 'chat', 'cancel' or 'resume'."]}
+                )
+            await handler(content)
+        except ServiceError as exc:
+            await self.send_error(exc, kind if isinstance(kind, str) else "")
+
+    async def send_error(self, exc: ServiceError, request: str) -> None:
+        """A problem before any stream: the error body, its HTTP status, the request type."""
+        body: dict[str, Any] = {
+            "type": "error",
+            **exc.as_body(),
+            "status": exc.status_code,
+            "request": request,
+        }
+        retry_after = exc.headers.get("Retry-After")
+        if retry_after and retry_after.isdigit():
+            body.setdefault("retry_after", int(retry_after))
+        await self.send(text_data=_frame(_dumps(body), body))
+
+    # --- client messages -------------------------------------------------------------
+    def _check_idle(self) -> None:
+        if self.follower is not None and not self.follower.done():
+            raise ServiceError(
+                "A stream is already running on this socket; wait for it, cancel it, "
+                "or open another socket.",
+                code="busy",
+                status_code=409,
+            )
+
+    async def on_chat(self, content: dict[str, Any]) -> None:
+        self._check_idle()
+        payload = {key: value for key, value in content.items() if key != "type"}
+        turn, provider = await db_run(prepare_turn, user=self.user, payload=payload)
+        generation = start_generation(turn, provider)
+        self._start_follower(iter_events(generation), primary=generation)
+
+    async def on_resume(self, content: dict[str, Any]) -> None:
+        self._check_idle()
+        message_id = content.get("message_id")
+        if not isinstance(message_id, str) or not message_id:
+            raise InvalidRequest({"message_id": ["This field is required."]})
+        raw_last = content.get("last_event_id", 0)
+        if isinstance(raw_last, bool) or not isinstance(raw_last, int | str):
+            raise InvalidRequest({"last_event_id": ["Expected an integer."]})
+        last_event_id = parse_last_event_id(str(raw_last))
+        message = await db_run(selectors.message_get, user=self.user, message_id=message_id)
+        if message.role != Message.Role.ASSISTANT:
+            raise ServiceError(
+                "Only assistant replies can be streamed.", code="not_a_reply", status_code=400
+            )
+        generation = registry.get(message.id)
+        logger.info(
+            "turn.resume",
+            extra={
+                "message_id": str(message.id),
+                "last_event_id": last_event_id,
+                "live": generation is not None,
+                "transport": "ws",
+            },
+        )
+        if generation is not None:
+            events = iter_events(generation, last_event_id=last_event_id)
+        else:
+            events = stored_events(message, last_event_id=last_event_id)
+        self._start_follower(events, primary=None)
+
+    async def on_cancel(self, content: dict[str, Any]) -> None:
+        message_id = content.get("message_id")
+        if not isinstance(message_id, str) or not message_id:
+            raise InvalidRequest({"message_id": ["This field is required."]})
+        message = await db_run(selectors.message_get, user=self.user, message_id=message_id)
+        generation = registry.get(message.id)
+        logger.info(
+            "turn.cancel",
+            extra={"message_id": str(message.id), "local": bool(generation), "transport": "ws"},
+        )
+        if generation is not None:
+            generation.request_cancel()
+        elif message.status == Message.Status.STREAMING:
+            await db_run(message_request_cancel, message_id=message.id)
+        await self.send_json({"type": "cancel_accepted", "message_id": str(message.id)})
+
+    # --- streaming -------------------------------------------------------------------
+    def _start_follower(self, events: AsyncIterator[Event], *, primary: Generation | None) -> None:
+        self.primary = primary
+        self.follower = asyncio.create_task(self._follow(events))
+
+    async def _follow(self, events: AsyncIterator[Event]) -> None:
+        """Send one stream's events until it ends (or the socket goes: cancelled)."""
+        send = self.send
+        try:
+            async with contextlib.aclosing(events):  # type: ignore[type-var]
+                async for event_id, event, data in events:
+                    if event is KEEP_ALIVE:
+                        continue
+                    await send(text_data=encode_ws_event(event_id, event, data))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("ws.follow_failed")
+        finally:
+            if self.follower is asyncio.current_task():
+                self.follower = None
+                self.primary = None
+
+    @classmethod
+    async def encode_json(cls, content: Any) -> str:
+        return _frame(_dumps(content), content)
