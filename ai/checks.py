@@ -1,1 +1,131 @@
-"""System checks for the AI configuration (filled in by the providers work)."""
+"""System checks: configuration mistakes reported at start-up, in words that say what to set.
+
+=========  ==================================================================
+ai.E001    ``AI_PROVIDER`` is not one of ``mock``, ``openai``, ``anthropic``
+ai.E002    ``AI_PROVIDER=openai`` without ``OPENAI_API_KEY`` (nor ``OPENAI_BASE_URL``)
+ai.E003    ``AI_PROVIDER=anthropic`` without ``ANTHROPIC_API_KEY``
+ai.E004    OIDC half configured: issuer without JWKS endpoint, or the reverse
+ai.E005    OIDC bearer auth on (issuer and JWKS set) without ``OIDC_API_AUDIENCE``
+ai.E006    ``QUOTA_PERIOD`` not one of ``day``, ``week``, ``month``, ``none``
+ai.E007    ``AI_TIMEOUT_SECONDS`` or ``AI_MAX_OUTPUT_TOKENS`` not positive
+=========  ==================================================================
+
+A keyless OpenAI-compatible server (a local model server) needs only
+``OPENAI_BASE_URL``; a placeholder key is then sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, register
+
+from ai.providers import PROVIDER_NAMES, configured_provider_name
+
+QUOTA_PERIODS = ("day", "week", "month", "none")
+
+
+def _setting(name: str, default: Any = "") -> Any:
+    return getattr(settings, name, default)
+
+
+@register("ai")
+def check_ai_provider(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """The provider is known and has what it needs (a key, or a base URL for OpenAI)."""
+    errors: list[CheckMessage] = []
+    name = configured_provider_name()
+    if name not in PROVIDER_NAMES:
+        errors.append(
+            Error(
+                f"AI_PROVIDER is set to {name!r}, which is not a provider this server knows.",
+                hint="Set AI_PROVIDER to one of: " + ", ".join(PROVIDER_NAMES) + ".",
+                id="ai.E001",
+            )
+        )
+    elif name == "openai" and not _setting("OPENAI_API_KEY") and not _setting("OPENAI_BASE_URL"):
+        errors.append(
+            Error(
+                "AI_PROVIDER is 'openai' but OPENAI_API_KEY is not set.",
+                hint=(
+                    "Set OPENAI_API_KEY to your OpenAI API key. For a keyless "
+                    "OpenAI-compatible server (e.g. a local model server), set "
+                    "OPENAI_BASE_URL to its URL instead (a placeholder key is then sent). "
+                    "Or set AI_PROVIDER=mock to run offline."
+                ),
+                id="ai.E002",
+            )
+        )
+    elif name == "anthropic" and not _setting("ANTHROPIC_API_KEY"):
+        errors.append(
+            Error(
+                "AI_PROVIDER is 'anthropic' but ANTHROPIC_API_KEY is not set.",
+                hint=(
+                    "Set ANTHROPIC_API_KEY to your Anthropic API key, "
+                    "or set AI_PROVIDER=mock to run offline."
+                ),
+                id="ai.E003",
+            )
+        )
+    try:
+        timeout_ok = float(_setting("AI_TIMEOUT_SECONDS", 30.0)) > 0
+        tokens_ok = int(_setting("AI_MAX_OUTPUT_TOKENS", 1024)) > 0
+    except (TypeError, ValueError):
+        timeout_ok = tokens_ok = False
+    if not (timeout_ok and tokens_ok):
+        errors.append(
+            Error(
+                "AI_TIMEOUT_SECONDS and AI_MAX_OUTPUT_TOKENS must be positive numbers.",
+                hint="Set AI_TIMEOUT_SECONDS (e.g. 30) and AI_MAX_OUTPUT_TOKENS (e.g. 1024).",
+                id="ai.E007",
+            )
+        )
+    return errors
+
+
+@register("security")
+def check_oidc(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """OIDC bearer auth is either off or fully configured (issuer, JWKS and audience)."""
+    errors: list[CheckMessage] = []
+    issuer = _setting("OIDC_OP_ISSUER")
+    jwks = _setting("OIDC_OP_JWKS_ENDPOINT")
+    if bool(issuer) != bool(jwks):
+        present, missing = (
+            ("OIDC_OP_ISSUER", "OIDC_OP_JWKS_ENDPOINT")
+            if issuer
+            else ("OIDC_OP_JWKS_ENDPOINT", "OIDC_OP_ISSUER")
+        )
+        errors.append(
+            Error(
+                f"OIDC is half configured: {present} is set but {missing} is not, so bearer "
+                "tokens cannot be verified.",
+                hint=f"Set {missing} too (see your identity provider's discovery document), "
+                f"or unset {present} to turn OIDC bearer auth off.",
+                id="ai.E004",
+            )
+        )
+    if issuer and jwks and not _setting("OIDC_API_AUDIENCE"):
+        errors.append(
+            Error(
+                "OIDC bearer auth is on but OIDC_API_AUDIENCE is not set, so the token "
+                "audience cannot be checked.",
+                hint="Set OIDC_API_AUDIENCE to the audience (aud) your access tokens carry.",
+                id="ai.E005",
+            )
+        )
+    return errors
+
+
+@register("ai")
+def check_quota_period(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """``QUOTA_PERIOD`` is one of the periods the quota knows."""
+    period = str(_setting("QUOTA_PERIOD", "day"))
+    if period in QUOTA_PERIODS:
+        return []
+    return [
+        Error(
+            f"QUOTA_PERIOD is set to {period!r}, which is not a quota period.",
+            hint="Set QUOTA_PERIOD to one of: " + ", ".join(QUOTA_PERIODS) + ".",
+            id="ai.E006",
+        )
+    ]

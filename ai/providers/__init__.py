@@ -1,0 +1,137 @@
+"""The provider registry: ``get_provider()`` builds the provider the settings name.
+
+``AI_PROVIDER`` is ``mock`` (default, offline), ``openai`` or ``anthropic``; ``AI_MODEL``
+overrides the provider's default model. The adapter module is imported only when its
+provider is chosen (so only that SDK is loaded), and the provider is cached for as long
+as the settings it was built from do not change. Django's ``setting_changed`` signal
+(``override_settings``, pytest-django's ``settings`` fixture) clears the cache.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+from ai.errors import AINotConfigured
+from ai.providers.base import Provider
+
+DEFAULT_MODELS: dict[str, str] = {
+    "mock": "mock-1",
+    "openai": "gpt-4o-mini",
+    "anthropic": "claude-sonnet-4-6",
+}
+PROVIDER_NAMES: tuple[str, ...] = tuple(DEFAULT_MODELS)
+# The key sent to a keyless OpenAI-compatible server (OPENAI_BASE_URL without a key).
+KEYLESS_PLACEHOLDER = "not-needed"
+
+_SETTINGS_USED = frozenset(
+    {
+        "AI_PROVIDER",
+        "AI_MODEL",
+        "AI_TIMEOUT_SECONDS",
+        "AI_MAX_RETRIES",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_BASE_URL",
+        "MOCK_TOKEN_DELAY_MS",
+    }
+)
+
+_lock = threading.Lock()
+_cached: tuple[tuple[Any, ...], Provider] | None = None
+
+
+def configured_provider_name() -> str:
+    """``settings.AI_PROVIDER`` normalized (stripped, lower case; empty means mock)."""
+    return (str(getattr(settings, "AI_PROVIDER", "") or "mock")).strip().lower()
+
+
+def _settings_key() -> tuple[Any, ...]:
+    return tuple(getattr(settings, name, None) for name in sorted(_SETTINGS_USED))
+
+
+def _build(name: str) -> Provider:
+    model = (getattr(settings, "AI_MODEL", "") or "").strip() or DEFAULT_MODELS.get(name, "")
+    timeout = float(getattr(settings, "AI_TIMEOUT_SECONDS", 30.0))
+    max_retries = int(getattr(settings, "AI_MAX_RETRIES", 2))
+    if name == "mock":
+        from ai.providers.mock import MockProvider
+
+        return MockProvider(
+            model=model, token_delay_ms=float(getattr(settings, "MOCK_TOKEN_DELAY_MS", 30.0))
+        )
+    if name == "openai":
+        api_key = getattr(settings, "OPENAI_API_KEY", "") or ""
+        base_url = getattr(settings, "OPENAI_BASE_URL", "") or ""
+        if not api_key and not base_url:
+            raise AINotConfigured()
+        from ai.providers.openai import OpenAIProvider
+
+        return OpenAIProvider(
+            model=model,
+            api_key=api_key or KEYLESS_PLACEHOLDER,
+            base_url=base_url or None,
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+    if name == "anthropic":
+        api_key = getattr(settings, "ANTHROPIC_API_KEY", "") or ""
+        if not api_key:
+            raise AINotConfigured()
+        from ai.providers.anthropic import AnthropicProvider
+
+        return AnthropicProvider(
+            model=model,
+            api_key=api_key,
+            base_url=getattr(settings, "ANTHROPIC_BASE_URL", "") or None,
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+    raise AINotConfigured()
+
+
+def get_provider() -> Provider:
+    """The provider named by ``settings.AI_PROVIDER``, built once per settings values.
+
+    Raises :class:`ai.errors.AINotConfigured` when the provider is unknown or its API key
+    is missing (the system checks in ``ai.checks`` say the same at start-up).
+    """
+    global _cached
+    key = _settings_key()
+    cached = _cached
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    with _lock:
+        if _cached is not None and _cached[0] == key:
+            return _cached[1]
+        provider = _build(configured_provider_name())
+        _cached = (key, provider)
+        return provider
+
+
+def reset_provider_cache() -> None:
+    """Forget the cached provider (tests; settings changes do this by themselves)."""
+    global _cached
+    with _lock:
+        _cached = None
+
+
+@receiver(setting_changed, dispatch_uid="ai.providers.reset_provider_cache")
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting in _SETTINGS_USED:
+        reset_provider_cache()
+
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "PROVIDER_NAMES",
+    "Provider",
+    "configured_provider_name",
+    "get_provider",
+    "reset_provider_cache",
+]

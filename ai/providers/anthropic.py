@@ -1,0 +1,270 @@
+"""The Anthropic adapter (Messages API).
+
+The SDK (``AsyncAnthropic``) makes the request: auth, retries, timeouts and status errors.
+The streamed body is read as raw SSE events parsed with ``json.loads`` (cheaper than the
+SDK's typed events). Text comes from ``content_block_delta`` / ``text_delta`` events,
+input tokens from ``message_start``, output tokens and the stop reason from
+``message_delta``. A stream that ends without ``message_stop`` is a cut
+(:class:`ai.errors.AIStreamIncomplete`); an ``error`` event (e.g. ``overloaded_error``)
+becomes the matching error of our family.
+
+Anthropic requires alternating roles starting with ``user`` and takes the system prompt
+as a parameter: system messages of the history are folded into it, consecutive messages
+of the same role are merged, and a history that starts with the assistant gets a short
+placeholder user turn first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import weakref
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import anthropic
+
+from ai.errors import AIError, AIStreamIncomplete
+from ai.providers._errors import SdkErrors, map_provider_error, map_stream_error_event
+from ai.providers._sse import iter_sse_events
+from ai.providers.base import (
+    ChatMessage,
+    StreamEnd,
+    StructuredResult,
+    Usage,
+    estimate_tokens,
+)
+
+logger = logging.getLogger("ai.providers")
+
+_SDK_ERRORS = SdkErrors(
+    timeout=anthropic.APITimeoutError,
+    connection=anthropic.APIConnectionError,
+    status=anthropic.APIStatusError,
+)
+_EXTRACTION_MAX_TOKENS = 2048
+_EARLIER_OMITTED = "(Earlier messages of this conversation are omitted.)"
+
+
+def build_anthropic_messages(
+    messages: Sequence[ChatMessage], system: str
+) -> tuple[str, list[dict[str, str]]]:
+    """The ``system`` parameter and the alternating ``messages`` list Anthropic accepts.
+
+    System messages are appended to the system prompt; empty messages are dropped;
+    consecutive messages of one role are joined with a blank line; a leading assistant
+    message gets a placeholder user message before it.
+    """
+    system_parts = [system] if system.strip() else []
+    merged: list[dict[str, str]] = []
+    for message in messages:
+        if not message.content.strip():
+            continue
+        if message.role == "system":
+            system_parts.append(message.content)
+            continue
+        if merged and merged[-1]["role"] == message.role:
+            merged[-1]["content"] += "\n\n" + message.content
+        else:
+            merged.append({"role": message.role, "content": message.content})
+    if merged and merged[0]["role"] != "user":
+        merged.insert(0, {"role": "user", "content": _EARLIER_OMITTED})
+    return "\n\n".join(system_parts), merged
+
+
+class AnthropicProvider:
+    """Streams replies and extracts structured JSON (through a forced tool) with Claude."""
+
+    name = "anthropic"
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        api_key: str,
+        base_url: str | None = None,
+        timeout: float = 30.0,
+        max_retries: int = 2,
+    ) -> None:
+        self.model = model
+        self._api_key = api_key
+        self._base_url = base_url or None
+        self._timeout = timeout
+        self._max_retries = max_retries
+        # One SDK client per event loop: pooled connections cannot cross loops.
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __repr__(self) -> str:
+        return f"AnthropicProvider(model={self.model!r}, base_url={self._base_url!r})"
+
+    def _client(self) -> anthropic.AsyncAnthropic:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = anthropic.AsyncAnthropic(
+                api_key=self._api_key,
+                base_url=self._base_url,
+                timeout=self._timeout,
+                max_retries=self._max_retries,
+            )
+            self._clients[loop] = client
+        return client
+
+    async def stream_reply(
+        self,
+        *,
+        messages: Sequence[ChatMessage],
+        system: str,
+        max_output_tokens: int,
+    ) -> AsyncIterator[str | StreamEnd]:
+        """Stream a reply: ``str`` deltas, then one :class:`StreamEnd` (see the module doc)."""
+        system_text, history = build_anthropic_messages(messages, system)
+        params: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": max_output_tokens,
+            "messages": history,
+            "stream": True,
+        }
+        if system_text:
+            params["system"] = system_text
+        input_tokens = 0
+        output_tokens = 0
+        stop_reason: str | None = None
+        stopped = False
+        chunks = 0
+        try:
+            manager = self._client().messages.with_streaming_response.create(**params)
+            response = await manager.__aenter__()
+        except Exception as exc:
+            raise map_provider_error(exc, provider=self.name, sdk=_SDK_ERRORS) from exc
+        events = iter_sse_events(response.http_response)
+        try:
+            loads = json.loads
+            async for _event, data in events:
+                try:
+                    event = loads(data)
+                except ValueError:
+                    logger.warning(
+                        "ai.anthropic.malformed_event",
+                        extra={"provider": self.name, "size": len(data)},
+                    )
+                    raise AIStreamIncomplete() from None
+                kind = event.get("type") if isinstance(event, dict) else None
+                if kind == "content_block_delta":
+                    delta = event.get("delta") or {}
+                    if delta.get("type") == "text_delta":
+                        text = delta.get("text")
+                        if text:
+                            chunks += 1
+                            yield text
+                elif kind == "message_start":
+                    usage = (event.get("message") or {}).get("usage") or {}
+                    input_tokens = _input_tokens(usage)
+                    output_tokens = int(usage.get("output_tokens") or 0)
+                elif kind == "message_delta":
+                    stop_reason = (event.get("delta") or {}).get("stop_reason") or stop_reason
+                    usage = event.get("usage") or {}
+                    if usage.get("output_tokens") is not None:
+                        output_tokens = int(usage["output_tokens"])
+                    if usage.get("input_tokens"):
+                        input_tokens = _input_tokens(usage)
+                elif kind == "message_stop":
+                    stopped = True
+                    break
+                elif kind == "error":
+                    error = event.get("error") or {}
+                    raise map_stream_error_event(
+                        str(error.get("type") or "") if isinstance(error, dict) else "",
+                        provider=self.name,
+                    )
+                # ping, content_block_start/stop and unknown events carry no text.
+        except AIError:
+            raise
+        except Exception as exc:
+            raise map_provider_error(exc, provider=self.name, sdk=_SDK_ERRORS) from exc
+        finally:
+            # Closing the generator (or any failure) closes the HTTP response at once.
+            with contextlib.suppress(Exception):
+                await events.aclose()
+            with contextlib.suppress(Exception):
+                await manager.__aexit__(None, None, None)
+        if not stopped:
+            logger.warning(
+                "ai.anthropic.stream_incomplete", extra={"provider": self.name, "chunks": chunks}
+            )
+            raise AIStreamIncomplete()
+        yield StreamEnd(
+            finish_reason="length" if stop_reason == "max_tokens" else "stop",
+            usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens),
+        )
+
+    async def extract_structured(
+        self,
+        *,
+        system: str,
+        transcript: str,
+        schema: dict[str, Any],
+        schema_name: str,
+    ) -> StructuredResult:
+        """One JSON object about ``transcript``: the input of a tool the model must call."""
+        tool_name = _tool_name(schema_name)
+        try:
+            raw = await self._client().messages.with_raw_response.create(
+                model=self.model,
+                max_tokens=_EXTRACTION_MAX_TOKENS,
+                system=system,
+                messages=[{"role": "user", "content": transcript}],
+                tools=[
+                    {
+                        "name": tool_name,
+                        "description": "Record the tasks found in the transcript.",
+                        "input_schema": schema,
+                    }
+                ],
+                tool_choice={"type": "tool", "name": tool_name},
+            )
+            body = json.loads(await raw.http_response.aread())
+        except Exception as exc:
+            raise map_provider_error(exc, provider=self.name, sdk=_SDK_ERRORS) from exc
+        payload: Any = None
+        blocks = body.get("content") if isinstance(body, dict) else None
+        for block in blocks if isinstance(blocks, list) else []:
+            if (
+                isinstance(block, dict)
+                and block.get("type") == "tool_use"
+                and block.get("name") == tool_name
+            ):
+                payload = block.get("input")
+                break
+        reported = body.get("usage") if isinstance(body, dict) else None
+        if isinstance(reported, dict) and reported:
+            usage = Usage(
+                input_tokens=_input_tokens(reported),
+                output_tokens=int(reported.get("output_tokens") or 0),
+            )
+        else:
+            usage = Usage(
+                input_tokens=estimate_tokens(system) + estimate_tokens(transcript),
+                output_tokens=estimate_tokens(json.dumps(payload)) if payload else 0,
+                estimated=True,
+            )
+        return StructuredResult(payload=payload, usage=usage)
+
+
+def _input_tokens(usage: dict[str, Any]) -> int:
+    """All input tokens of a usage record, cached ones included."""
+    return (
+        int(usage.get("input_tokens") or 0)
+        + int(usage.get("cache_creation_input_tokens") or 0)
+        + int(usage.get("cache_read_input_tokens") or 0)
+    )
+
+
+def _tool_name(schema_name: str) -> str:
+    """A tool name Anthropic accepts (letters, digits, ``_`` and ``-``, at most 64)."""
+    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "_-") else "_" for c in schema_name)
+    return cleaned[:64] or "record"
