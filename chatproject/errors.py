@@ -7,12 +7,16 @@ event after, is a :class:`ServiceError` (or a DRF exception turned into the same
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from django.db import DatabaseError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+
+logger = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
@@ -80,6 +84,18 @@ class InvalidRequest(ServiceError):
         super().__init__(detail or f"Invalid request: {fields}.", data={"errors": errors})
 
 
+class DatabaseUnavailable(ServiceError):
+    """The database did not answer: retry later (503), never a 500 or a hang."""
+
+    code = "database_unavailable"
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "The service is temporarily unavailable. Please retry shortly."
+    retryable = True
+
+    def __init__(self) -> None:
+        super().__init__(headers={"Retry-After": "5"})
+
+
 def _drf_code(exc: exceptions.APIException) -> str:
     if isinstance(exc, exceptions.ValidationError):
         return "invalid"
@@ -101,6 +117,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
 
     Validation errors keep DRF's per-field messages under ``errors`` so the field is named.
     """
+    if isinstance(exc, DatabaseError):
+        logger.error("database.unavailable", extra={"exc_type": type(exc).__name__})
+        exc = DatabaseUnavailable()
     if isinstance(exc, ServiceError):
         return Response(exc.as_body(), status=exc.status_code, headers=exc.headers)
     if isinstance(exc, Http404):

@@ -28,6 +28,7 @@ from ai.providers.base import (
     estimate_messages_tokens,
     estimate_tokens,
 )
+from chatproject import metrics
 from chatproject.db import db_run
 from chatproject.errors import InvalidRequest, ServiceError
 from conversations.models import Message
@@ -189,6 +190,7 @@ def start_generation(turn: PreparedTurn, provider: Provider) -> Generation:
         metadata=metadata_for(turn, provider),
     )
     registry.add(generation)
+    metrics.OPEN_STREAMS.inc()
     generation.task = asyncio.create_task(_run(generation, turn, provider))
     return generation
 
@@ -289,6 +291,7 @@ async def _run(generation: Generation, turn: PreparedTurn, provider: Provider) -
         # The process is shutting down: keep the text; start-up recovery marks it.
         checkpointer.cancel()
         registry.discard(generation)
+        metrics.OPEN_STREAMS.dec()
         raise
     except Exception as exc:
         status, finish_reason, error_code = Message.Status.FAILED, "error", "internal_error"
@@ -358,6 +361,16 @@ async def _run(generation: Generation, turn: PreparedTurn, provider: Provider) -
     }
     registry.discard(generation)
     generation.close()
+    metrics.OPEN_STREAMS.dec()
+    metrics.record_turn(
+        outcome=status,
+        error_code=error_code,
+        duration=loop.time() - started,
+        first_chunk=(first_token_at - started) if first_token_at else None,
+        chunks=len(generation.parts),
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+    )
     logger.info(
         "turn.end",
         extra={

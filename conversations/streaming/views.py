@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
@@ -26,8 +27,9 @@ from rest_framework.request import Request
 from rest_framework.settings import api_settings
 
 from ai.providers.base import Provider
+from chatproject import metrics
 from chatproject.db import db_run
-from chatproject.errors import InvalidRequest, ServiceError
+from chatproject.errors import DatabaseUnavailable, InvalidRequest, ServiceError
 from conversations import selectors
 from conversations.models import Message
 from conversations.serializers import message_to_dict
@@ -44,6 +46,7 @@ from conversations.streaming.turn import error_event_data, prepare_turn, start_g
 
 logger = logging.getLogger("conversations.turn")
 
+T = TypeVar("T")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 CANCEL_WAIT_SECONDS = 5.0
 
@@ -116,6 +119,15 @@ def _prepare(request: HttpRequest) -> tuple[PreparedTurn, Provider]:
     return prepare_turn(user=user, payload=_parse_body(request))
 
 
+async def _db_or_503(func: Callable[..., T], *args: Any) -> T:
+    """``db_run``, with an unreachable database answered as 503 ``database_unavailable``."""
+    try:
+        return await db_run(func, *args)
+    except DatabaseError as exc:
+        logger.error("database.unavailable", extra={"exc_type": type(exc).__name__})
+        raise DatabaseUnavailable() from exc
+
+
 def wants_event_stream(request: HttpRequest) -> bool:
     """True when the client accepts ``text/event-stream``."""
     return "text/event-stream" in request.headers.get("Accept", "")
@@ -152,8 +164,10 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
     if refused is not None:
         return refused
     try:
-        turn, provider = await db_run(_prepare, request)
+        turn, provider = await _db_or_503(_prepare, request)
     except ServiceError as exc:
+        if exc.status_code == 429:
+            metrics.REFUSALS.labels(exc.code).inc()
         return exc.as_response()
     generation = start_generation(turn, provider)
     if wants_event_stream(request):
@@ -208,7 +222,7 @@ async def message_stream(request: HttpRequest, pk: str) -> HttpResponse:
     if request.method != "GET":
         return _error("Use GET.", "method_not_allowed", 405, Allow="GET")
     try:
-        _user, message = await db_run(_owned_message, request, pk)
+        _user, message = await _db_or_503(_owned_message, request, pk)
     except ServiceError as exc:
         return exc.as_response()
     if message.role != Message.Role.ASSISTANT:
@@ -217,6 +231,7 @@ async def message_stream(request: HttpRequest, pk: str) -> HttpResponse:
         request.headers.get("Last-Event-ID") or request.GET.get("last_event_id")
     )
     generation = registry.get(message.id)
+    metrics.RESUMES.labels("live" if generation is not None else "stored").inc()
     logger.info(
         "turn.resume",
         extra={
@@ -236,10 +251,11 @@ async def message_cancel(request: HttpRequest, pk: str) -> HttpResponse:
     if request.method != "POST":
         return _error("Use POST.", "method_not_allowed", 405, Allow="POST")
     try:
-        user, message = await db_run(_owned_message, request, pk)
+        user, message = await _db_or_503(_owned_message, request, pk)
     except ServiceError as exc:
         return exc.as_response()
     generation = registry.get(message.id)
+    metrics.CANCELS.inc()
     logger.info("turn.cancel", extra={"message_id": str(message.id), "local": bool(generation)})
     if generation is not None:
         generation.request_cancel()

@@ -31,9 +31,14 @@ def alice(transactional_db):
 
 def start_slow_turn(server, token, context, stop_after=8):
     return stream(
-        "POST", f"{server.url}/api/v1/conversations/stream", token=token, stop_after=stop_after,
-        json_body={"context_id": str(context.id), "messages": [
-            {"role": "user", "content": "[[mock:slow:30]] [[mock:long:120]] go"}]},
+        "POST",
+        f"{server.url}/api/v1/conversations/stream",
+        token=token,
+        stop_after=stop_after,
+        json_body={
+            "context_id": str(context.id),
+            "messages": [{"role": "user", "content": "[[mock:slow:30]] [[mock:long:120]] go"}],
+        },
     )
 
 
@@ -42,8 +47,12 @@ def test_resume_on_the_other_process_live(pair, alice):
     token, context = alice
     partial = start_slow_turn(first, token, context)
     message_id = partial.first("metadata").data["message_id"]
-    resumed = stream("GET", f"{second.url}/api/v1/messages/{message_id}/stream", token=token,
-                     headers={"Last-Event-ID": partial.events[-1].id})
+    resumed = stream(
+        "GET",
+        f"{second.url}/api/v1/messages/{message_id}/stream",
+        token=token,
+        headers={"Last-Event-ID": partial.events[-1].id},
+    )
     message = Message.objects.get(pk=message_id)
     assert message.status == "complete"
     assert partial.text() + resumed.text() == message.content
@@ -63,11 +72,17 @@ def test_two_followers_on_two_processes(pair, alice):
     results = {}
 
     def follow(name, server, last):
-        results[name] = stream("GET", f"{server.url}/api/v1/messages/{message_id}/stream",
-                               token=token, headers={"Last-Event-ID": last})
+        results[name] = stream(
+            "GET",
+            f"{server.url}/api/v1/messages/{message_id}/stream",
+            token=token,
+            headers={"Last-Event-ID": last},
+        )
 
-    threads = [threading.Thread(target=follow, args=("a", first, "0")),
-               threading.Thread(target=follow, args=("b", second, partial.events[-1].id))]
+    threads = [
+        threading.Thread(target=follow, args=("a", first, "0")),
+        threading.Thread(target=follow, args=("b", second, partial.events[-1].id)),
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -83,13 +98,20 @@ def test_cancel_from_the_other_process(pair, alice):
     token, context = alice
     partial = start_slow_turn(first, token, context, stop_after=5)
     message_id = partial.first("metadata").data["message_id"]
-    response = httpx.post(f"{second.url}/api/v1/messages/{message_id}/cancel",
-                          headers={"Authorization": f"Token {token}"}, timeout=20)
+    response = httpx.post(
+        f"{second.url}/api/v1/messages/{message_id}/cancel",
+        headers={"Authorization": f"Token {token}"},
+        timeout=20,
+    )
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
     message = Message.objects.get(pk=message_id)
     assert message.status == "cancelled" and message.finish_reason == "cancelled"
-    resumed = stream("GET", f"{second.url}/api/v1/messages/{message_id}/stream", token=token,
-                     headers={"Last-Event-ID": partial.events[-1].id})
+    resumed = stream(
+        "GET",
+        f"{second.url}/api/v1/messages/{message_id}/stream",
+        token=token,
+        headers={"Last-Event-ID": partial.events[-1].id},
+    )
     assert partial.text() + resumed.text() == message.content
     assert resumed.last().event == "done"
     assert resumed.last().data["finish_reason"] == "cancelled"

@@ -15,8 +15,11 @@ from tests.sse_client import stream
 
 pytestmark = pytest.mark.e2e
 
-FAST_RECOVERY = {"CHAT_STALE_SECONDS": "2", "CHAT_CHECKPOINT_SECONDS": "0.2",
-                 "MOCK_TOKEN_DELAY_MS": "1"}
+FAST_RECOVERY = {
+    "CHAT_STALE_SECONDS": "2",
+    "CHAT_CHECKPOINT_SECONDS": "0.2",
+    "MOCK_TOKEN_DELAY_MS": "1",
+}
 
 
 def wait_for(predicate, timeout: float = 15.0) -> bool:
@@ -36,9 +39,14 @@ def test_sigkill_mid_reply_then_restart(transactional_db, django_db_blocker):
     second = None
     try:
         partial = stream(
-            "POST", f"{first.url}/api/v1/conversations/stream", token=token, stop_after=12,
-            json_body={"context_id": str(context.id), "messages": [
-                {"role": "user", "content": "[[mock:slow:50]] [[mock:long:200]] go"}]},
+            "POST",
+            f"{first.url}/api/v1/conversations/stream",
+            token=token,
+            stop_after=12,
+            json_body={
+                "context_id": str(context.id),
+                "messages": [{"role": "user", "content": "[[mock:slow:50]] [[mock:long:200]] go"}],
+            },
         )
         message_id = partial.first("metadata").data["message_id"]
         user_message_id = partial.first("metadata").data["user_message_id"]
@@ -75,9 +83,13 @@ def test_sweeper_leaves_live_generations_of_other_processes_alone(daphne_factory
     other = daphne_factory(**FAST_RECOVERY, CHAT_KEEPALIVE_SECONDS="14")
     httpx.get(f"{other.url}/healthz")
     result = stream(
-        "POST", f"{runner.url}/api/v1/conversations/stream", token=token,
-        json_body={"context_id": str(context.id), "messages": [
-            {"role": "user", "content": "[[mock:slow:60]] [[mock:long:80]] go"}]},
+        "POST",
+        f"{runner.url}/api/v1/conversations/stream",
+        token=token,
+        json_body={
+            "context_id": str(context.id),
+            "messages": [{"role": "user", "content": "[[mock:slow:60]] [[mock:long:80]] go"}],
+        },
     )  # about 5 s: longer than CHAT_STALE_SECONDS, kept alive by heartbeats
     assert result.last().event == "done"
     message = Message.objects.get(pk=result.first("metadata").data["message_id"])

@@ -28,10 +28,13 @@ def server(daphne_factory, transactional_db):
 
 
 def slow_turn(server, token, context, stop_after=None, text="[[mock:slow:25]] [[mock:long:80]] go"):
-    return stream("POST", f"{server.url}/api/v1/conversations/stream", token=token,
-                  stop_after=stop_after,
-                  json_body={"context_id": str(context.id),
-                             "messages": [{"role": "user", "content": text}]})
+    return stream(
+        "POST",
+        f"{server.url}/api/v1/conversations/stream",
+        token=token,
+        stop_after=stop_after,
+        json_body={"context_id": str(context.id), "messages": [{"role": "user", "content": text}]},
+    )
 
 
 def resume(server, token, message_id, last=None, query=False):
@@ -58,10 +61,11 @@ def test_resume_after_completion_from_every_point(server, alice):
         rest = resume(server, token, message_id, last=event.id, query=index % 2 == 0)
         had = "".join(e.data["content"] for e in full.events[: index + 1] if e.event == "chunk")
         assert had + rest.text() == content, event.id
-        expected_tail = [e.event for e in full.events[index + 1:] if e.event != "chunk"]
+        expected_tail = [e.event for e in full.events[index + 1 :] if e.event != "chunk"]
         assert [n for n in rest.names() if n != "chunk"] == expected_tail
         assert [e.id for e in rest.events if e.event != "chunk"] == [
-            e.id for e in full.events[index + 1:] if e.event != "chunk"]
+            e.id for e in full.events[index + 1 :] if e.event != "chunk"
+        ]
 
 
 def test_resume_from_the_middle_of_a_merged_replay(server, alice):
@@ -69,8 +73,13 @@ def test_resume_from_the_middle_of_a_merged_replay(server, alice):
     partial = slow_turn(server, token, context, stop_after=4)
     message_id = partial.first("metadata").data["message_id"]
     time.sleep(0.6)  # several chunks pile up: the replay merges them into one
-    merged = stream("GET", f"{server.url}/api/v1/messages/{message_id}/stream", token=token,
-                    headers={"Last-Event-ID": partial.events[-1].id}, stop_after=1)
+    merged = stream(
+        "GET",
+        f"{server.url}/api/v1/messages/{message_id}/stream",
+        token=token,
+        headers={"Last-Event-ID": partial.events[-1].id},
+        stop_after=1,
+    )
     assert merged.events[0].event == "chunk" and len(merged.events[0].data["content"]) > 10
     # A client that saw only part of that merged chunk resumes from inside it.
     have = partial.text() + merged.events[0].data["content"][:5]
@@ -96,8 +105,11 @@ def test_cancel_while_streaming(server, alice):
         time.sleep(0.05)
     assert message is not None
     time.sleep(0.4)
-    response = httpx.post(f"{server.url}/api/v1/messages/{message.id}/cancel",
-                          headers={"Authorization": f"Token {token}"}, timeout=10)
+    response = httpx.post(
+        f"{server.url}/api/v1/messages/{message.id}/cancel",
+        headers={"Authorization": f"Token {token}"},
+        timeout=10,
+    )
     thread.join(30)
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
     main = results["main"]
@@ -108,8 +120,11 @@ def test_cancel_while_streaming(server, alice):
     quota = Quota.objects.get(user=user)
     assert quota.requests_used == 0 and quota.requests_reserved == 0 and quota.tokens_used > 0
     # Cancelling again is harmless and says the same.
-    again = httpx.post(f"{server.url}/api/v1/messages/{message.id}/cancel",
-                       headers={"Authorization": f"Token {token}"}, timeout=10)
+    again = httpx.post(
+        f"{server.url}/api/v1/messages/{message.id}/cancel",
+        headers={"Authorization": f"Token {token}"},
+        timeout=10,
+    )
     assert again.json()["status"] == "cancelled"
 
 
@@ -132,11 +147,27 @@ def test_foreign_users_resume_and_cancel_are_404(server, alice, transactional_db
     message_id = full.first("metadata").data["message_id"]
     mallory_token = factories.make_token(factories.make_user("mallory"))
     headers = {"Authorization": f"Token {mallory_token}"}
-    assert httpx.get(f"{server.url}/api/v1/messages/{message_id}/stream", headers=headers,
-                     timeout=10).status_code == 404
-    assert httpx.post(f"{server.url}/api/v1/messages/{message_id}/cancel", headers=headers,
-                      timeout=10).status_code == 404
-    assert httpx.get(f"{server.url}/api/v1/messages/{message_id}/stream",
-                     timeout=10).status_code == 401
-    assert httpx.get(f"{server.url}/api/v1/messages/not-a-uuid/stream",
-                     headers={"Authorization": f"Token {token}"}, timeout=10).status_code == 404
+    assert (
+        httpx.get(
+            f"{server.url}/api/v1/messages/{message_id}/stream", headers=headers, timeout=10
+        ).status_code
+        == 404
+    )
+    assert (
+        httpx.post(
+            f"{server.url}/api/v1/messages/{message_id}/cancel", headers=headers, timeout=10
+        ).status_code
+        == 404
+    )
+    assert (
+        httpx.get(f"{server.url}/api/v1/messages/{message_id}/stream", timeout=10).status_code
+        == 401
+    )
+    assert (
+        httpx.get(
+            f"{server.url}/api/v1/messages/not-a-uuid/stream",
+            headers={"Authorization": f"Token {token}"},
+            timeout=10,
+        ).status_code
+        == 404
+    )

@@ -1,0 +1,103 @@
+"""Prometheus metrics (contract section 8), counted per turn, never per chunk.
+
+With several server processes, set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory
+shared by the processes of one host (cleaned before they start): prometheus-client then
+keeps each process's values in files there and ``/metrics`` sums them. Without it, the
+process's own registry is served.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+
+OPEN_STREAMS = Gauge(
+    "chat_open_streams", "Replies being generated in this process.", multiprocess_mode="livesum"
+)
+TURNS = Counter("chat_turns", "Chat turns by outcome.", ["outcome"])
+TIME_TO_FIRST_CHUNK = Histogram(
+    "chat_time_to_first_chunk_seconds",
+    "From the turn's start to the provider's first text.",
+    buckets=_LATENCY_BUCKETS,
+)
+TURN_DURATION = Histogram(
+    "chat_turn_duration_seconds", "From the turn's start to its end.", buckets=_DURATION_BUCKETS
+)
+CHUNKS = Counter("chat_chunks_relayed", "Text deltas relayed from providers.")
+TOKENS = Counter("chat_tokens", "Tokens used by replies and extraction.", ["kind"])
+PROVIDER_ERRORS = Counter("chat_provider_errors", "Provider failures by code.", ["code"])
+REFUSALS = Counter("chat_refusals", "Turns refused before streaming, by code.", ["code"])
+RESUMES = Counter("chat_resumes", "Resumed streams.", ["source"])
+CANCELS = Counter("chat_cancels", "Cancel requests.")
+
+
+def record_turn(
+    *,
+    outcome: str,
+    error_code: str,
+    duration: float,
+    first_chunk: float | None,
+    chunks: int,
+    input_tokens: int,
+    output_tokens: int,
+) -> None:
+    """Count one finished turn (called once per turn)."""
+    TURNS.labels(outcome).inc()
+    TURN_DURATION.observe(duration)
+    if first_chunk is not None:
+        TIME_TO_FIRST_CHUNK.observe(first_chunk)
+    if chunks:
+        CHUNKS.inc(chunks)
+    TOKENS.labels("input").inc(input_tokens)
+    TOKENS.labels("output").inc(output_tokens)
+    if error_code and error_code.startswith("ai_"):
+        PROVIDER_ERRORS.labels(error_code).inc()
+
+
+def _allowed(request: HttpRequest) -> bool:
+    """Loopback (or ``METRICS_ALLOWED_IPS``) only, for the peer and every forwarded hop."""
+    allowed = set()
+    for entry in settings.METRICS_ALLOWED_IPS:
+        try:
+            allowed.add(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            continue
+    addresses = [request.META.get("REMOTE_ADDR", "")]
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    addresses += [part.strip() for part in forwarded.split(",") if part.strip()]
+    for address in addresses:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if not any(ip in network for network in allowed):
+            return False
+    return True
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """GET /metrics: Prometheus text format, summed over processes in multiprocess mode."""
+    if not _allowed(request):
+        return HttpResponse("Forbidden\n", status=403, content_type="text/plain")
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        data = generate_latest(registry)
+    else:
+        data = generate_latest()
+    return HttpResponse(data, content_type=CONTENT_TYPE_LATEST)
