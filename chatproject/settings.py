@@ -232,6 +232,10 @@ CHAT_KEEPALIVE_SECONDS = env.float("CHAT_KEEPALIVE_SECONDS", default=15.0)
 CHAT_CANCEL_ON_DISCONNECT = env.bool("CHAT_CANCEL_ON_DISCONNECT", default=False)
 CHAT_CHECKPOINT_SECONDS = env.float("CHAT_CHECKPOINT_SECONDS", default=1.0)
 CHAT_MAX_BODY_BYTES = env.int("CHAT_MAX_BODY_BYTES", default=512_000)
+# Any request body past this is refused at the ASGI level, before Django reads it.
+MAX_REQUEST_BODY_BYTES = env.int(
+    "MAX_REQUEST_BODY_BYTES", default=max(CHAT_MAX_BODY_BYTES, DATA_UPLOAD_MAX_MEMORY_SIZE)
+)
 CHAT_SSE_RETRY_MS = env.int("CHAT_SSE_RETRY_MS", default=2000)
 # A streaming reply whose process gave no heartbeat for this long is marked interrupted.
 CHAT_STALE_SECONDS = env.float("CHAT_STALE_SECONDS", default=30.0)

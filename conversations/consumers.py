@@ -61,6 +61,7 @@ from conversations.streaming.generations import (
     parse_last_event_id,
     registry,
 )
+from conversations.streaming.relay import request_remote_cancel
 from conversations.streaming.replay import follow_stored
 from conversations.streaming.turn import prepare_turn, start_generation
 from conversations.ws_auth import CLOSE_UNAUTHENTICATED
@@ -97,7 +98,8 @@ def encode_ws_event(event_id: int, event: str, data: Any) -> str:
 
 async def stored_events(message: Message, *, last_event_id: int) -> AsyncIterator[Event]:
     """The events of a reply this process does not run (finished, or run by another
-    process), as ``(id, event, data)``: :func:`follow_stored`'s SSE frames, decoded."""
+    process: relayed live through the channel layer, else polled from the database), as
+    ``(id, event, data)``: :func:`follow_stored`'s SSE frames (one per item), decoded."""
     frames = follow_stored(message, last_event_id=last_event_id)
     async with contextlib.aclosing(frames):
         async for frame in frames:
@@ -142,7 +144,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follower
-        logger.info("ws.disconnect_while_streaming", extra={"close_code": code})
+        logger.info(
+            "ws.disconnect_while_streaming",
+            extra={
+                "close_code": code,
+                "message_id": str(primary.message_id) if primary is not None else None,
+                "cancelled": primary is not None and settings.CHAT_CANCEL_ON_DISCONNECT,
+            },
+        )
 
     # --- frames ----------------------------------------------------------------------
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -188,6 +197,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await handler(content)
         except ServiceError as exc:
             await self.send_error(exc, kind if isinstance(kind, str) else "")
+        except Exception:  # the socket survives an unexpected failure of one request
+            logger.exception("ws.request_failed", extra={"request": kind})
+            await self.send_error(ServiceError(), kind if isinstance(kind, str) else "")
 
     async def send_error(self, exc: ServiceError, request: str) -> None:
         """A problem before any stream: the error body, its HTTP status, the request type."""
@@ -263,6 +275,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             generation.request_cancel()
         elif message.status == Message.Status.STREAMING:
             await db_run(message_request_cancel, message_id=message.id)
+            await request_remote_cancel(message_id=message.id, worker=message.worker)
         await self.send_json({"type": "cancel_accepted", "message_id": str(message.id)})
 
     # --- streaming -------------------------------------------------------------------

@@ -81,6 +81,10 @@ class TokenAuthMiddleware(BaseMiddleware):
                 if user is not None:
                     scope["user"] = user
                 elif subprotocol is not None:  # e.g. "bearer" while bearer auth is off
+                    logger.info(
+                        "ws.auth_rejected",
+                        extra={"scheme": subprotocol.lower(), "code": "scheme_disabled"},
+                    )
                     scope["user"] = AnonymousUser()
                     scope["auth_error"] = "authentication_failed"
         return await super().__call__(scope, receive, send)

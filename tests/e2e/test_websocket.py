@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 from typing import Any
 
 import httpx
@@ -55,7 +57,7 @@ def recv(ws: ClientConnection, timeout: float = 15) -> dict[str, Any]:
     return json.loads(ws.recv(timeout=timeout))
 
 
-def read_stream(ws: ClientConnection, *, until_id_events: bool = True) -> list[dict[str, Any]]:
+def read_stream(ws: ClientConnection) -> list[dict[str, Any]]:
     """Every frame up to the stream's last event (``done``, or an ``error`` with an id)."""
     events = []
     while True:
@@ -347,8 +349,6 @@ def test_cancel_on_disconnect_setting(daphne_factory, alice, transactional_db):
         ws.send(json.dumps(chat(context, SLOW + "bye")))
         message_id = recv(ws)["message_id"]
         recv(ws)
-    import time
-
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         message = Message.objects.get(pk=message_id)
@@ -356,3 +356,36 @@ def test_cancel_on_disconnect_setting(daphne_factory, alice, transactional_db):
             break
         time.sleep(0.1)
     assert message.status == "cancelled"
+
+
+REDIS = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/2"
+
+
+def test_resume_and_cancel_on_another_process(daphne_factory, alice, transactional_db):
+    """Two daphne processes on one Redis: a socket on the second follows the reply the
+    first generates (live, through the relay) and cancels it."""
+    env = {"REDIS_URL": REDIS, "MOCK_TOKEN_DELAY_MS": "1", "CHAT_KEEPALIVE_SECONDS": "1"}
+    first, second = daphne_factory(**env, CHAT_SSE_RETRY_MS="2001"), daphne_factory(**env)
+    _, token, context = alice
+    with token_socket(first, token) as owner:
+        owner.send(json.dumps(chat(context, "[[mock:slow:40]] [[mock:long:200]] go")))
+        head = [recv(owner) for _ in range(6)]
+        message_id = head[0]["message_id"]
+        with token_socket(second, token) as other:
+            other.send(
+                json.dumps(
+                    {"type": "resume", "message_id": message_id, "last_event_id": head[-1]["id"]}
+                )
+            )
+            relayed = [recv(other) for _ in range(4)]
+            assert all(e["type"] == "chunk" for e in relayed)
+            other.send(json.dumps({"type": "cancel", "message_id": message_id}))
+            relayed += read_stream(other)
+        owned = head + read_stream(owner)
+    assert owned[-1]["finish_reason"] == "cancelled"
+    assert relayed[-1]["type"] == "done" and relayed[-1]["finish_reason"] == "cancelled"
+    assert {"type": "cancel_accepted", "message_id": message_id} in relayed
+    message = Message.objects.get(pk=message_id)
+    assert message.status == "cancelled"
+    assert text_of(owned) == message.content
+    assert text_of(head) + text_of(relayed) == message.content
