@@ -8,17 +8,19 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from chatproject.asgi_limits import BodySizeLimitMiddleware  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
-from conversations.ws_auth import TokenOrSessionAuthMiddlewareStack  # noqa: E402
+from conversations.ws_auth import (  # noqa: E402
+    AllowedOriginValidator,
+    TokenOrSessionAuthMiddlewareStack,
+)
 
 application = ProtocolTypeRouter(
     {
         "http": BodySizeLimitMiddleware(django_asgi_app, settings.MAX_REQUEST_BODY_BYTES),
-        "websocket": AllowedHostsOriginValidator(
+        "websocket": AllowedOriginValidator(
             TokenOrSessionAuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),
     }

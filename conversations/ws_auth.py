@@ -28,6 +28,8 @@ from typing import Any
 
 from channels.auth import AuthMiddlewareStack
 from channels.middleware import BaseMiddleware
+from channels.security.websocket import OriginValidator
+from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 
 from chatproject.authentication import AuthenticationError, auser_from_authorization
@@ -93,3 +95,25 @@ class TokenAuthMiddleware(BaseMiddleware):
 def TokenOrSessionAuthMiddlewareStack(inner: Any) -> Any:
     """Cookies, session and session user (channels), then a token when one is presented."""
     return AuthMiddlewareStack(TokenAuthMiddleware(inner))
+
+
+class BrowserOriginValidator(OriginValidator):
+    """Refuses WebSockets that a browser opens from a foreign origin.
+
+    Browsers always send ``Origin``, so cross-site WebSocket hijacking is stopped by
+    checking it against ``ALLOWED_HOSTS``. A connection without ``Origin`` is not a
+    browser's (scripts, servers); it carries its own credentials and is let through.
+    """
+
+    def valid_origin(self, parsed_origin: Any) -> bool:
+        if parsed_origin is None:
+            return True
+        return super().valid_origin(parsed_origin)
+
+
+def AllowedOriginValidator(application: Any) -> BrowserOriginValidator:
+    """:class:`BrowserOriginValidator` with ``ALLOWED_HOSTS`` (like channels' own factory)."""
+    allowed_hosts = settings.ALLOWED_HOSTS
+    if settings.DEBUG and not allowed_hosts:
+        allowed_hosts = ["localhost", "127.0.0.1", "[::1]"]
+    return BrowserOriginValidator(application, allowed_hosts)

@@ -218,6 +218,21 @@ def test_foreign_origin_is_refused(daphne, alice):
         )
 
 
+def test_script_without_origin_uses_its_authorization_header(daphne, alice):
+    _, token, context = alice
+    with connect(
+        ws_url(daphne),
+        additional_headers={"Authorization": f"Token {token}"},
+        proxy=None,
+        open_timeout=10,
+    ) as ws:
+        ws.send(json.dumps(chat(context, "hello")))
+        events = []
+        while not events or events[-1]["type"] not in ("done", "error"):
+            events.append(recv(ws))
+    assert events[0]["type"] == "metadata" and events[-1]["type"] == "done"
+
+
 def test_cancel_while_streaming(daphne, alice):
     _, token, context = alice
     with token_socket(daphne, token) as ws:
