@@ -8,7 +8,9 @@ and never ties a long-lived generation to a request's thread.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
@@ -53,3 +55,25 @@ async def db_run(func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> 
     return await sync_to_async(_unit(func), thread_sensitive=False, executor=_get_executor())(
         *args, **kwargs
     )
+
+
+def db_pool_close() -> None:
+    """Close every pool thread's database connections and stop the pool.
+
+    One task per thread, held at a barrier so that each lands on a different thread.
+    """
+    global _executor
+    executor, _executor = _executor, None
+    if executor is None:
+        return
+    workers = executor._max_workers
+    barrier = threading.Barrier(workers)
+
+    def close_here() -> None:
+        connections.close_all()
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=5)
+
+    for _ in range(workers):
+        executor.submit(close_here)
+    executor.shutdown(wait=True)

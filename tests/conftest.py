@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
+from chatproject.db import db_pool_close
 from tests import factories
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_db_pool_connections(django_db_setup, django_db_blocker):
+    """In-process async tests leave pool threads holding connections; close them before
+    the test database is dropped."""
+    yield
+    with django_db_blocker.unblock():
+        db_pool_close()
 
 
 @pytest.fixture
