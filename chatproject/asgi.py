@@ -11,11 +11,14 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from chatproject.asgi_limits import BodySizeLimitMiddleware  # noqa: E402
+from chatproject.startup import report_system_checks  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
 from conversations.ws_auth import (  # noqa: E402
     AllowedOriginValidator,
     TokenOrSessionAuthMiddlewareStack,
 )
+
+report_system_checks()
 
 application = ProtocolTypeRouter(
     {

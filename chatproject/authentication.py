@@ -204,9 +204,7 @@ class JWKSCache:
         self._last_failure = None
 
     def _fetch(self) -> dict[str | None, jwt.PyJWK]:
-        response = httpx.get(
-            self.url, timeout=self.timeout, headers={"Accept": "application/json"}
-        )
+        response = httpx.get(self.url, timeout=self.timeout, headers={"Accept": "application/json"})
         response.raise_for_status()
         document = response.json()
         if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
@@ -491,9 +489,7 @@ def _parse_authorization(value: str | bytes | None) -> tuple[str, str] | None:
     if scheme not in ("bearer", "token"):
         return None
     if len(parts) != 2:
-        raise AuthenticationError(
-            f"Invalid {parts[0]} header: expected exactly one credential."
-        )
+        raise AuthenticationError(f"Invalid {parts[0]} header: expected exactly one credential.")
     return scheme, parts[1]
 
 

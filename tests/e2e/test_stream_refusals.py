@@ -169,6 +169,21 @@ def test_provider_not_configured_is_503(daphne_factory, setup):
     assert response.status_code == 503 and response.json()["code"] == "ai_unavailable"
 
 
+def test_cors_headers_for_allowed_origins(daphne_factory, setup):
+    server = daphne_factory(CORS_ALLOWED_ORIGINS="https://app.example.com")
+    body = {"context_id": str(setup["context"].id), "messages": [msg()]}
+    allowed = post(server, setup["token"], body, Origin="https://app.example.com")
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example.com"
+    other = post(server, setup["token"], body, Origin="https://evil.example")
+    assert "access-control-allow-origin" not in other.headers
+    preflight = httpx.options(
+        f"{server.url}/api/v1/conversations/stream", timeout=10,
+        headers={"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type,last-event-id"})
+    assert preflight.status_code == 200
+    assert "authorization" in preflight.headers["access-control-allow-headers"]
+
+
 def test_session_post_needs_csrf(daphne, setup):
     setup["alice"].is_staff = True  # to log in through the admin's login form
     setup["alice"].save()

@@ -1,0 +1,22 @@
+"""Serializer fields shared by the apps' input shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+
+class StrictCharField(serializers.CharField):
+    """A CharField that refuses what is not a JSON string.
+
+    DRF's CharField turns ``0``, ``1.5`` or ``true`` into ``"0"``, ``"1.5"``, ``"True"``;
+    the schema says ``string``, so anything else answers 400 naming the field.
+    """
+
+    default_error_messages = {"not_a_string": "Not a valid string."}
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("not_a_string")
+        return super().to_internal_value(data)
