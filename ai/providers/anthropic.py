@@ -16,17 +16,16 @@ placeholder user turn first.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
-import weakref
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anthropic
 
 from ai.errors import AIError, AIStreamIncomplete
+from ai.providers._clients import LoopClients
 from ai.providers._errors import SdkErrors, map_provider_error, map_stream_error_event
 from ai.providers._sse import iter_sse_events
 from ai.providers.base import (
@@ -93,26 +92,20 @@ class AnthropicProvider:
         self._base_url = base_url or None
         self._timeout = timeout
         self._max_retries = max_retries
-        # One SDK client per event loop: pooled connections cannot cross loops.
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
-            weakref.WeakKeyDictionary()
+        self._clients = LoopClients(
+            lambda: anthropic.AsyncAnthropic(
+                api_key=self._api_key,
+                base_url=self._base_url,
+                timeout=self._timeout,
+                max_retries=self._max_retries,
+            )
         )
 
     def __repr__(self) -> str:
         return f"AnthropicProvider(model={self.model!r}, base_url={self._base_url!r})"
 
     def _client(self) -> anthropic.AsyncAnthropic:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            client = anthropic.AsyncAnthropic(
-                api_key=self._api_key,
-                base_url=self._base_url,
-                timeout=self._timeout,
-                max_retries=self._max_retries,
-            )
-            self._clients[loop] = client
-        return client
+        return self._clients.get()
 
     async def stream_reply(
         self,

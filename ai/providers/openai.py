@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import re
-import weakref
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +30,7 @@ from urllib.parse import urlsplit
 import openai
 
 from ai.errors import AIError, AIStreamIncomplete
+from ai.providers._clients import LoopClients
 from ai.providers._errors import SdkErrors, map_provider_error, map_stream_error_event
 from ai.providers._sse import iter_sse_events
 from ai.providers.base import (
@@ -108,26 +108,20 @@ class OpenAIProvider:
         self._max_tokens_param = max_tokens_param(self._base_url)
         self._stream_options_supported = True
         self._extraction_mode = 0
-        # One SDK client per event loop: pooled connections cannot cross loops.
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
-            weakref.WeakKeyDictionary()
+        self._clients = LoopClients(
+            lambda: openai.AsyncOpenAI(
+                api_key=self._api_key,
+                base_url=self._base_url,
+                timeout=self._timeout,
+                max_retries=self._max_retries,
+            )
         )
 
     def __repr__(self) -> str:
         return f"OpenAIProvider(model={self.model!r}, base_url={self._base_url!r})"
 
     def _client(self) -> openai.AsyncOpenAI:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            client = openai.AsyncOpenAI(
-                api_key=self._api_key,
-                base_url=self._base_url,
-                timeout=self._timeout,
-                max_retries=self._max_retries,
-            )
-            self._clients[loop] = client
-        return client
+        return self._clients.get()
 
     # --- streaming ---------------------------------------------------------------------
 
