@@ -246,6 +246,106 @@ def _usage_for(turn: PreparedTurn, system: str, text: str, reported: Usage | Non
     )
 
 
+async def _generate(
+    generation: Generation, turn: PreparedTurn, provider: Provider, system: str, log: dict
+) -> ReplyOutcome:
+    """Relay the provider's reply into ``generation``; say how it ended (never raises,
+    except when the process itself cancels the task)."""
+    stream = provider.stream_reply(
+        messages=turn.history, system=system, max_output_tokens=settings.AI_MAX_OUTPUT_TOKENS
+    )
+    reader = generation.reader = asyncio.create_task(_read(generation, stream))
+    if generation.cancel_requested:
+        reader.cancel()
+    failed = Message.Status.FAILED
+    outcome = ReplyOutcome(
+        status=Message.Status.COMPLETE,
+        finish_reason="stop",
+        content="",
+        usage=Usage(),
+        error_retryable=True,
+    )
+    done, _ = await asyncio.wait({reader}, timeout=settings.CHAT_STREAM_TIMEOUT_SECONDS)
+    if not done:
+        reader.cancel()
+        with contextlib.suppress(BaseException):
+            await reader
+        outcome.status, outcome.finish_reason, outcome.error_code = (
+            failed,
+            "timeout",
+            "stream_timeout",
+        )
+    elif reader.cancelled():
+        outcome.status, outcome.finish_reason = Message.Status.CANCELLED, "cancelled"
+    elif (exc := reader.exception()) is not None:
+        outcome.status, outcome.finish_reason = failed, "error"
+        if isinstance(exc, ServiceError):
+            outcome.error_code, outcome.error_retryable = exc.code, exc.retryable
+            logger.warning("turn.provider_error", extra={**log, "code": exc.code})
+        else:
+            outcome.error_code = "internal_error"
+            logger.error("turn.reader_crashed", extra=log, exc_info=exc)
+    else:
+        end = reader.result()
+        outcome.finish_reason = end.finish_reason
+        if end.usage is not None:
+            outcome.usage = end.usage
+    return outcome
+
+
+async def _store(
+    turn: PreparedTurn, provider: Provider, outcome: ReplyOutcome, log: dict
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Store the reply, extract and store flows, settle the quota; the flows and quota.
+
+    A failure here turns the outcome into ``failed`` / ``internal_error``; what was not
+    stored is cleaned up by the stale-reply sweeper.
+    """
+    try:
+        await db_run(reply_finish, turn=turn, outcome=outcome)
+        drafts, extraction_usage, extraction_error = await _extract(
+            turn, provider, outcome.content, outcome.status
+        )
+        stored, quota = await db_run(
+            turn_settle,
+            turn=turn,
+            outcome=outcome,
+            drafts=drafts,
+            extraction_usage=extraction_usage,
+            extraction_error=extraction_error,
+        )
+    except Exception as exc:
+        logger.error("turn.store_failed", extra=log, exc_info=exc)
+        outcome.status, outcome.error_code = Message.Status.FAILED, "internal_error"
+        outcome.error_retryable = True
+        return [], turn.quota
+    return [flow_to_dict(flow) for flow in stored], quota
+
+
+def _result(
+    turn: PreparedTurn, outcome: ReplyOutcome, flows: list[dict[str, Any]], quota: dict
+) -> dict[str, Any]:
+    """The turn as the JSON (non-SSE) answer shows it."""
+    usage = outcome.usage
+    return {
+        "status": outcome.status,
+        "error_code": outcome.error_code,
+        "flows": flows,
+        "quota": quota,
+        "message": {
+            **message_to_dict(turn.assistant_message),
+            "content": outcome.content,
+            "status": outcome.status,
+            "finish_reason": outcome.finish_reason,
+            "usage": {
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "estimated": usage.estimated,
+            },
+        },
+    }
+
+
 async def _run(generation: Generation, turn: PreparedTurn, provider: Provider) -> None:
     """One generation from provider call to ``done`` (or ``error``), never raising."""
     loop = asyncio.get_running_loop()
@@ -256,135 +356,64 @@ async def _run(generation: Generation, turn: PreparedTurn, provider: Provider) -
         context_name=turn.context_name, instructions=turn.context_instructions
     )
     checkpointer = asyncio.create_task(_checkpoint_loop(generation, turn))
-    status = Message.Status.COMPLETE
-    finish_reason = "stop"
-    error_code = ""
-    retryable = True
-    reported: Usage | None = None
     try:
-        stream = provider.stream_reply(
-            messages=turn.history, system=system, max_output_tokens=settings.AI_MAX_OUTPUT_TOKENS
-        )
-        reader = generation.reader = asyncio.create_task(_read(generation, stream))
-        if generation.cancel_requested:
-            reader.cancel()
-        done, _ = await asyncio.wait({reader}, timeout=settings.CHAT_STREAM_TIMEOUT_SECONDS)
-        if not done:
-            reader.cancel()
-            with contextlib.suppress(BaseException):
-                await reader
-            status, finish_reason, error_code = Message.Status.FAILED, "timeout", "stream_timeout"
-        elif reader.cancelled():
-            status, finish_reason = Message.Status.CANCELLED, "cancelled"
-        elif (exc := reader.exception()) is not None:
-            status, finish_reason = Message.Status.FAILED, "error"
-            if isinstance(exc, ServiceError):
-                error_code, retryable = exc.code, exc.retryable
-                logger.warning("turn.provider_error", extra={**log, "code": exc.code})
-            else:
-                error_code = "internal_error"
-                logger.error("turn.reader_crashed", extra=log, exc_info=exc)
-        else:
-            end = reader.result()
-            finish_reason, reported = end.finish_reason, end.usage
+        outcome = await _generate(generation, turn, provider, system, log)
     except asyncio.CancelledError:
-        # The process is shutting down: keep the text; start-up recovery marks it.
-        checkpointer.cancel()
+        # The process is shutting down: keep the text; the sweeper marks it interrupted.
         registry.discard(generation)
         metrics.OPEN_STREAMS.dec()
         raise
-    except Exception as exc:
-        status, finish_reason, error_code = Message.Status.FAILED, "error", "internal_error"
-        logger.error("turn.failed", extra=log, exc_info=exc)
     finally:
         checkpointer.cancel()
 
-    text = generation.text()
-    first_token_at = generation.first_token_at
+    outcome.content = generation.text()
     generation.add_trailing("typing", {"status": "stop"})
-    usage = _usage_for(turn, system, text, reported)
-    duration_ms = int((loop.time() - started) * 1000)
-    outcome = ReplyOutcome(
-        status=status,
-        finish_reason=finish_reason,
-        content=text,
-        usage=usage,
-        error_code=error_code,
-        error_retryable=retryable,
-        duration_ms=duration_ms,
-    )
-    flows: list[dict[str, Any]] = []
-    quota = turn.quota
-    try:
-        await db_run(reply_finish, turn=turn, outcome=outcome)
-        drafts, extraction_usage, extraction_error = await _extract(turn, provider, text, status)
-        stored, quota = await db_run(
-            turn_settle,
-            turn=turn,
-            outcome=outcome,
-            drafts=drafts,
-            extraction_usage=extraction_usage,
-            extraction_error=extraction_error,
-        )
-        flows = [flow_to_dict(flow) for flow in stored]
-    except Exception as exc:
-        logger.error("turn.store_failed", extra=log, exc_info=exc)
-        status, error_code, retryable = Message.Status.FAILED, "internal_error", True
+    reported = outcome.usage if outcome.usage.total else None
+    outcome.usage = _usage_for(turn, system, outcome.content, reported)
+    outcome.duration_ms = int((loop.time() - started) * 1000)
+    flows, quota = await _store(turn, provider, outcome, log)
 
     for event in trailing_events(
         message_id=message_id,
-        status=status,
-        finish_reason=finish_reason,
-        usage=usage,
-        error_code=error_code,
-        error_retryable=retryable,
+        status=outcome.status,
+        finish_reason=outcome.finish_reason,
+        usage=outcome.usage,
+        error_code=outcome.error_code,
+        error_retryable=outcome.error_retryable,
         flows=flows,
         quota=quota,
     ):
         generation.add_trailing(*event)
-    generation.result = {
-        "status": status,
-        "error_code": error_code,
-        "flows": flows,
-        "quota": quota,
-        "message": {
-            **message_to_dict(turn.assistant_message),
-            "content": text,
-            "status": status,
-            "finish_reason": finish_reason,
-            "usage": {
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "estimated": usage.estimated,
-            },
-        },
-    }
+    generation.result = _result(turn, outcome, flows, quota)
     registry.discard(generation)
     generation.close()
+
+    first_token_at = generation.first_token_at
+    ttft = (first_token_at - started) if first_token_at else None
     metrics.OPEN_STREAMS.dec()
     metrics.record_turn(
-        outcome=status,
-        error_code=error_code,
+        outcome=outcome.status,
+        error_code=outcome.error_code,
         duration=loop.time() - started,
-        first_chunk=(first_token_at - started) if first_token_at else None,
+        first_chunk=ttft,
         chunks=len(generation.parts),
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
+        input_tokens=outcome.usage.input_tokens,
+        output_tokens=outcome.usage.output_tokens,
     )
     logger.info(
         "turn.end",
         extra={
             **log,
-            "status": status,
-            "finish_reason": finish_reason,
-            "error_code": error_code,
-            "reply_chars": len(text),
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
-            "usage_estimated": usage.estimated,
+            "status": outcome.status,
+            "finish_reason": outcome.finish_reason,
+            "error_code": outcome.error_code,
+            "reply_chars": len(outcome.content),
+            "input_tokens": outcome.usage.input_tokens,
+            "output_tokens": outcome.usage.output_tokens,
+            "usage_estimated": outcome.usage.estimated,
             "flows": len(flows),
-            "ttft_ms": int((first_token_at - started) * 1000) if first_token_at else None,
-            "duration_ms": duration_ms,
+            "ttft_ms": int(ttft * 1000) if ttft is not None else None,
+            "duration_ms": outcome.duration_ms,
             "worker": WORKER_ID,
         },
     )
