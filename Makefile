@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install lint migrate clean
+.PHONY: run test install lint migrate clean cluster bench
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,13 @@ test: install
 	$(VENV)/bin/ruff check .
 	$(PY) manage.py makemigrations --check --dry-run
 	bash scripts/ensure_chromium.sh
+	bash scripts/ensure_nginx.sh
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# N daphne processes (default 2) on PostgreSQL + Redis behind a private nginx (docs/operations.md).
+cluster: install
+	bash scripts/ensure_nginx.sh
+	$(PY) scripts/cluster.py $(N)
 
 clean:
 	rm -rf $(VENV) staticfiles db.sqlite3* .test-db.sqlite3*
