@@ -263,6 +263,74 @@ def quota_reserve(
     )
 
 
+def quota_lock(*, user: AbstractBaseUser, now: datetime | None = None) -> Quota:
+    """The user's quota row, locked until the caller's transaction ends (call it inside
+    ``transaction.atomic``), created on first use, with the lazy reset applied.
+
+    Holding the lock, a turn can check the room left, count its open streams and reserve
+    without another turn of the same user interleaving: the row lock on PostgreSQL, the
+    write lock of the IMMEDIATE transaction on SQLite.
+    """
+    now = now or timezone.now()
+    quota = Quota.objects.select_for_update().filter(user=user).first()
+    if quota is None:
+        quota_get_or_create(user=user, now=now)
+        quota = Quota.objects.select_for_update().get(user=user)
+    if quota.resets_at is not None and quota.resets_at <= now:
+        quota.requests_used = quota.tokens_used = 0
+        quota.period_started_at = period_start(quota.period, now=now)
+        quota.resets_at = period_next_reset(quota.period, now=now)
+        quota.save(
+            update_fields=[
+                "requests_used",
+                "tokens_used",
+                "period_started_at",
+                "resets_at",
+                "updated_at",
+            ]
+        )
+    return quota
+
+
+def quota_reserve_locked(
+    *,
+    quota: Quota,
+    tokens: int,
+    message_id: uuid.UUID | str | None = None,
+    now: datetime | None = None,
+) -> Reservation:
+    """:func:`quota_reserve` for a row the caller holds with :func:`quota_lock`.
+
+    Same rule (one request and ``tokens`` must fit beside what is used and reserved), no
+    extra reads; ``quota`` is updated in memory too. Raises :class:`QuotaExceeded`.
+    """
+    if tokens < 0:
+        raise ValueError("tokens must not be negative")
+    now = now or timezone.now()
+    fits = (
+        quota.requests_used + quota.requests_reserved < quota.requests_limit
+        and quota.tokens_used + quota.tokens_reserved + tokens <= quota.tokens_limit
+    )
+    if not fits:
+        raise QuotaExceeded(
+            data={"quota": quota_as_dict(quota)},
+            headers={"Retry-After": str(_retry_after(quota, tokens=tokens, now=now))},
+        )
+    Quota.objects.filter(pk=quota.pk).update(
+        requests_reserved=F("requests_reserved") + 1,
+        tokens_reserved=F("tokens_reserved") + tokens,
+        updated_at=now,
+    )
+    quota.requests_reserved += 1
+    quota.tokens_reserved += tokens
+    return Reservation.objects.create(
+        user_id=quota.user_id,
+        message_id=message_id,
+        tokens=tokens,
+        period_started_at=quota.period_started_at,
+    )
+
+
 def _close(
     *,
     reservation_id: uuid.UUID | str,

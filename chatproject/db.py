@@ -17,7 +17,7 @@ from typing import ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connections
+from django.db import DatabaseError, connections
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -34,10 +34,22 @@ def _get_executor() -> ThreadPoolExecutor:
     return _executor
 
 
+def _refresh_connections() -> None:
+    """Keep a pool thread's connection between units (these threads live as long as the
+    process), unless it broke; with ``CONN_MAX_AGE`` set (PostgreSQL), also renew it when
+    it is that old and health-check it before use."""
+    for conn in connections.all(initialized_only=True):
+        if conn.settings_dict["CONN_MAX_AGE"] == 0:
+            if conn.connection is not None and conn.errors_occurred and not conn.is_usable():
+                conn.close()
+        else:
+            conn.close_if_unusable_or_obsolete()
+
+
 def _unit(func: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(func)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        close_old_connections()
+        _refresh_connections()
         try:
             return func(*args, **kwargs)
         except DatabaseError:

@@ -12,7 +12,6 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from ai.models import Quota, Reservation
 from ai.providers.base import ChatMessage, Usage
 from chatproject.errors import Conflict, InvalidRequest, NotFound, ServiceError
 from conversations.models import Context, Conversation, Message
@@ -143,22 +142,26 @@ def turn_prepare(
     ``conversation_busy``), too many open streams (429 ``too_many_streams``) and quota (429
     ``quota_exceeded``) are checked; then the user message is stored, the assistant message
     is stored as ``streaming`` and quota is reserved, all or nothing. The quota row is
-    locked first, so one user's concurrent turns are serialized here.
+    locked first, so one user's concurrent turns are serialized here. About ten statements
+    in one transaction: this is most of a turn's fixed cost.
     """
-    from ai.quota import quota_get_or_create, quota_reserve, quota_snapshot
+    from ai.quota import quota_as_dict, quota_lock, quota_reserve_locked
 
     with transaction.atomic():
-        quota_get_or_create(user=user)
-        Quota.objects.select_for_update().filter(user=user).first()
+        quota = quota_lock(user=user)
         context, conversation = _resolve_conversation(
             user=user, context_id=context_id, conversation_id=conversation_id, first_text=content
         )
-        streaming = Message.objects.filter(user=user, status=Message.Status.STREAMING)
-        if streaming.filter(conversation=conversation).exists():
+        streaming = list(
+            Message.objects.filter(user=user, status=Message.Status.STREAMING).values_list(
+                "conversation_id", flat=True
+            )
+        )
+        if conversation.id in streaming:
             raise Conflict(
                 "A reply is already streaming into this conversation.", code="conversation_busy"
             )
-        if streaming.count() >= max_streams:
+        if len(streaming) >= max_streams:
             raise ServiceError(
                 f"You have {max_streams} replies streaming; wait for one to finish.",
                 code="too_many_streams",
@@ -180,8 +183,6 @@ def turn_prepare(
                 ChatMessage(m.role, m.content)  # type: ignore[arg-type]
                 for m in history_for_model(conversation=conversation, limit=history_limit)
             ]
-        system = system_prompt(context)
-        reservation = quota_reserve(user=user, tokens=reserve_tokens(history, system))
         assistant_message = Message.objects.create(
             user=user,
             conversation=conversation,
@@ -192,7 +193,12 @@ def turn_prepare(
             worker=worker,
             created_at=now + timedelta(microseconds=1),
         )
-        Reservation.objects.filter(pk=reservation.pk).update(message=assistant_message)
+        reservation = quota_reserve_locked(
+            quota=quota,
+            tokens=reserve_tokens(history, system_prompt(context)),
+            message_id=assistant_message.id,
+            now=now,
+        )
         Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
         return PreparedTurn(
             user_id=user.pk,
@@ -204,20 +210,26 @@ def turn_prepare(
             assistant_message=assistant_message,
             reservation_id=reservation.pk,
             history=history,
-            quota=quota_snapshot(user=user),
+            quota=quota_as_dict(quota),
         )
 
 
-def reply_checkpoint(*, message_id: uuid.UUID, content: str) -> bool:
-    """Save a streaming reply's text so far; False when the reply should stop.
+def replies_checkpoint(*, texts: dict[uuid.UUID, str]) -> set[uuid.UUID]:
+    """Save the text so far of several streaming replies in one transaction.
 
-    It stops when the row is gone, no longer streaming, or a cancel was requested from
-    another process. Also the generation's heartbeat (``updated_at``).
+    Also their heartbeat (``updated_at``). Returns the replies that should stop: gone, no
+    longer streaming, or cancelled from another process.
     """
-    updated = Message.objects.filter(
-        pk=message_id, status=Message.Status.STREAMING, cancel_requested=False
-    ).update(content=content, updated_at=timezone.now())
-    return updated == 1
+    now = timezone.now()
+    stopped: set[uuid.UUID] = set()
+    with transaction.atomic():
+        for message_id, content in texts.items():
+            updated = Message.objects.filter(
+                pk=message_id, status=Message.Status.STREAMING, cancel_requested=False
+            ).update(content=content, updated_at=now)
+            if not updated:
+                stopped.add(message_id)
+    return stopped
 
 
 @dataclass(slots=True)
@@ -233,11 +245,43 @@ class ReplyOutcome:
     duration_ms: int = 0
 
 
-def reply_finish(*, turn: PreparedTurn, outcome: ReplyOutcome) -> None:
-    """Store the reply's final text, status, finish reason and usage."""
+def reply_tokens_charged(outcome: ReplyOutcome) -> int:
+    """Tokens a reply counts against the quota (contract 3.2).
+
+    A complete or cancelled reply counts what the provider used; a failed one only the
+    output that was delivered (nothing when it failed before any output).
+    """
+    if outcome.status in (Message.Status.COMPLETE, Message.Status.CANCELLED):
+        return outcome.usage.total
+    return outcome.usage.output_tokens if outcome.content else 0
+
+
+def turn_finish(
+    *,
+    turn: PreparedTurn,
+    outcome: ReplyOutcome,
+    drafts: list[FlowDraft],
+    extraction_usage: Usage | None,
+    extraction_error: str = "",
+) -> tuple[list[Flow], dict[str, Any]]:
+    """The turn's last write, in one transaction: the reply's final text, status and usage,
+    the usage ledger, the extracted flows, and the quota settled.
+
+    A request is consumed only by a complete reply; tokens for the reply and extraction
+    (see :func:`reply_tokens_charged`). Returns the stored flows and the quota afterwards.
+    """
+    from ai.quota import quota_release, quota_settle, quota_snapshot
     from ai.services import usage_record_create
 
     message = turn.assistant_message
+    ledger = {
+        "user": message.user,
+        "context": message.conversation.context,
+        "conversation": message.conversation,
+        "message": message,
+        "provider": message.provider,
+        "model": message.model,
+    }
     with transaction.atomic():
         Message.objects.filter(pk=message.pk).update(
             content=outcome.content,
@@ -250,65 +294,24 @@ def reply_finish(*, turn: PreparedTurn, outcome: ReplyOutcome) -> None:
             usage_estimated=outcome.usage.estimated,
             updated_at=timezone.now(),
         )
+        tokens = reply_tokens_charged(outcome)
         usage_record_create(
-            user=message.user,
-            context=message.conversation.context,
-            conversation=message.conversation,
-            message=message,
-            provider=message.provider,
-            model=message.model,
+            **ledger,
             purpose="reply",
             input_tokens=outcome.usage.input_tokens,
             output_tokens=outcome.usage.output_tokens,
             estimated=outcome.usage.estimated,
-            tokens_charged=reply_tokens_charged(outcome),
+            tokens_charged=tokens,
             outcome=outcome.status,
             error_code=outcome.error_code,
             duration_ms=outcome.duration_ms,
         )
-
-
-def reply_tokens_charged(outcome: ReplyOutcome) -> int:
-    """Tokens a reply counts against the quota (contract 3.2).
-
-    A complete or cancelled reply counts what the provider used; a failed one only the
-    output that was delivered (nothing when it failed before any output).
-    """
-    if outcome.status in (Message.Status.COMPLETE, Message.Status.CANCELLED):
-        return outcome.usage.total
-    return outcome.usage.output_tokens if outcome.content else 0
-
-
-def turn_settle(
-    *,
-    turn: PreparedTurn,
-    outcome: ReplyOutcome,
-    drafts: list[FlowDraft],
-    extraction_usage: Usage | None,
-    extraction_error: str = "",
-) -> tuple[list[Flow], dict[str, Any]]:
-    """Store the extracted flows and settle the quota: the turn's last write.
-
-    A request is consumed only by a complete reply; tokens for the reply and extraction.
-    Returns the stored flows and the quota afterwards.
-    """
-    from ai.quota import quota_release, quota_settle, quota_snapshot
-    from ai.services import usage_record_create
-
-    message = turn.assistant_message
-    with transaction.atomic():
         flows = flows_store(message=message, context_id=turn.context_id, drafts=drafts)
-        tokens = reply_tokens_charged(outcome)
         if extraction_usage is not None or extraction_error:
             used = extraction_usage or Usage()
             tokens += used.total
             usage_record_create(
-                user=message.user,
-                context=message.conversation.context,
-                conversation=message.conversation,
-                message=message,
-                provider=message.provider,
-                model=message.model,
+                **ledger,
                 purpose="extraction",
                 input_tokens=used.input_tokens,
                 output_tokens=used.output_tokens,

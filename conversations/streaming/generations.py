@@ -72,9 +72,12 @@ class Generation:
         self.result: dict[str, Any] = {}
         self.keepalive_seq = 0
         self.first_token_at: float | None = None
+        self._loop = asyncio.get_running_loop()
+        # What the checkpoint loop last saved (for the heartbeat and "changed?").
+        self.saved_length = 0
+        self.saved_at = self._loop.time()
         self.relay: asyncio.Task[None] | None = None
         self.relay_snapshot = False
-        self._loop = asyncio.get_running_loop()
         self._waiters: list[asyncio.Future[None]] = []
         self.last_event_at = self._loop.time()
         self._keepalive_handle: asyncio.TimerHandle | None = None

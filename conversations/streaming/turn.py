@@ -36,10 +36,9 @@ from conversations.serializers import ChatTurnInputSerializer, message_to_dict
 from conversations.services import (
     PreparedTurn,
     ReplyOutcome,
-    reply_checkpoint,
-    reply_finish,
+    replies_checkpoint,
+    turn_finish,
     turn_prepare,
-    turn_settle,
 )
 from conversations.streaming.generations import WORKER_ID, Generation, registry
 from flows.extraction import flows_extract
@@ -190,6 +189,7 @@ def start_generation(turn: PreparedTurn, provider: Provider) -> Generation:
         metadata=metadata_for(turn, provider),
     )
     registry.add(generation)
+    ensure_checkpointer()
     metrics.OPEN_STREAMS.inc()
     generation.task = asyncio.create_task(_run(generation, turn, provider))
     return generation
@@ -212,28 +212,47 @@ async def _read(generation: Generation, stream: Any) -> StreamEnd:
     return end
 
 
-async def _checkpoint_loop(generation: Generation, turn: PreparedTurn) -> None:
-    """Save the text about once a second (and at least every 5 s as a heartbeat)."""
+_checkpointer: asyncio.Task[None] | None = None
+
+
+async def _checkpoint_forever() -> None:
+    """Save the text of every running reply about once a second, all in one transaction.
+
+    A reply whose text did not change is still touched every fifth round: its heartbeat
+    (see ``recovery``). One write per second for the whole process, not one per reply or
+    per token.
+    """
     interval = settings.CHAT_CHECKPOINT_SECONDS
-    saved_length = 0
-    quiet = 0
-    message_id = turn.assistant_message.id
+    loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(interval)
-        if generation.length == saved_length and quiet < 4:
-            quiet += 1
+        now = loop.time()
+        due = [
+            g
+            for g in registry.all()
+            if not g.closed
+            and (g.length != g.saved_length or now - g.saved_at >= 5 * interval - 0.001)
+        ]
+        if not due:
             continue
-        quiet = 0
-        length = generation.length
+        texts = {g.message_id: g.text() for g in due}
         try:
-            alive = await db_run(reply_checkpoint, message_id=message_id, content=generation.text())
+            stopped = await db_run(replies_checkpoint, texts=texts)
         except Exception:
-            logger.warning("turn.checkpoint_failed", extra={"message_id": str(message_id)})
+            logger.warning("turn.checkpoint_failed", extra={"replies": len(texts)})
             continue
-        saved_length = length
-        if not alive:  # cancelled from another process, or gone
-            generation.request_cancel()
-            return
+        for generation in due:
+            generation.saved_length = len(texts[generation.message_id])
+            generation.saved_at = now
+            if generation.message_id in stopped:  # cancelled from another process, or gone
+                generation.request_cancel()
+
+
+def ensure_checkpointer() -> None:
+    """Start this process's checkpoint loop once."""
+    global _checkpointer
+    if _checkpointer is None or _checkpointer.done():
+        _checkpointer = asyncio.get_running_loop().create_task(_checkpoint_forever())
 
 
 def _usage_for(turn: PreparedTurn, system: str, text: str, reported: Usage | None) -> Usage:
@@ -296,18 +315,18 @@ async def _generate(
 async def _store(
     turn: PreparedTurn, provider: Provider, outcome: ReplyOutcome, log: dict
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Store the reply, extract and store flows, settle the quota; the flows and quota.
+    """Extract flows, then store the reply and the flows and settle the quota in one
+    transaction; the stored flows and the quota afterwards.
 
     A failure here turns the outcome into ``failed`` / ``internal_error``; what was not
     stored is cleaned up by the stale-reply sweeper.
     """
     try:
-        await db_run(reply_finish, turn=turn, outcome=outcome)
         drafts, extraction_usage, extraction_error = await _extract(
             turn, provider, outcome.content, outcome.status
         )
         stored, quota = await db_run(
-            turn_settle,
+            turn_finish,
             turn=turn,
             outcome=outcome,
             drafts=drafts,
@@ -355,7 +374,6 @@ async def _run(generation: Generation, turn: PreparedTurn, provider: Provider) -
     system = system_prompt_for(
         context_name=turn.context_name, instructions=turn.context_instructions
     )
-    checkpointer = asyncio.create_task(_checkpoint_loop(generation, turn))
     try:
         outcome = await _generate(generation, turn, provider, system, log)
     except asyncio.CancelledError:
@@ -363,8 +381,6 @@ async def _run(generation: Generation, turn: PreparedTurn, provider: Provider) -
         registry.discard(generation)
         metrics.OPEN_STREAMS.dec()
         raise
-    finally:
-        checkpointer.cancel()
 
     outcome.content = generation.text()
     generation.add_trailing("typing", {"status": "stop"})
