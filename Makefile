@@ -34,6 +34,11 @@ test: install
 	bash scripts/ensure_nginx.sh
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# The load benchmark (under five minutes): the product against two reference relays.
+bench: install
+	$(VENV)/bin/pip install --quiet -r requirements-bench.txt
+	$(PY) bench/run.py $(BENCH_ARGS)
+
 # N daphne processes (default 2) on PostgreSQL + Redis behind a private nginx (docs/operations.md).
 cluster: install
 	bash scripts/ensure_nginx.sh

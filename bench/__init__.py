@@ -1,0 +1,1 @@
+"""The streaming benchmark (``python bench/run.py``); see bench/README.md."""

@@ -1,0 +1,1 @@
+"""The empty Django reference: one async view, no middleware, no database."""
