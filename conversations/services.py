@@ -270,7 +270,7 @@ def turn_finish(
     A request is consumed only by a complete reply; tokens for the reply and extraction
     (see :func:`reply_tokens_charged`). Returns the stored flows and the quota afterwards.
     """
-    from ai.quota import quota_release, quota_settle, quota_snapshot
+    from ai.quota import quota_settle_locked, quota_snapshot
     from ai.services import usage_record_create
 
     message = turn.assistant_message
@@ -321,13 +321,13 @@ def turn_finish(
                 error_code=extraction_error,
             )
         complete = outcome.status == Message.Status.COMPLETE
-        if tokens or complete:
-            quota_settle(
-                reservation_id=turn.reservation_id, requests=1 if complete else 0, tokens=tokens
-            )
-        else:
-            quota_release(reservation_id=turn.reservation_id)
-        return flows, quota_snapshot(user=message.user)
+        quota = quota_settle_locked(
+            user=message.user,
+            reservation_id=turn.reservation_id,
+            requests=1 if complete else 0,
+            tokens=tokens,
+        )
+        return flows, quota if quota is not None else quota_snapshot(user=message.user)
 
 
 def message_request_cancel(*, message_id: uuid.UUID) -> bool:

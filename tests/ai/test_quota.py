@@ -370,3 +370,37 @@ def test_usage_record_create(user) -> None:
             tokens_charged=0,
             outcome="complete",
         )
+
+
+# --- the chat turn's locked path -----------------------------------------------------------
+
+
+def test_locked_reserve_and_settle_match_the_standalone_rules(db):
+    from django.db import transaction
+
+    from ai.quota import QuotaExceeded, quota_lock, quota_reserve_locked, quota_settle_locked
+    from tests.factories import make_user
+
+    user = make_user("locked")
+    with transaction.atomic():
+        quota = quota_lock(user=user)
+        quota.requests_limit, quota.tokens_limit = 2, 1000
+        quota.save()
+        first = quota_reserve_locked(quota=quota, tokens=400)
+        second = quota_reserve_locked(quota=quota, tokens=400)
+        with pytest.raises(QuotaExceeded):
+            quota_reserve_locked(quota=quota, tokens=1)
+    quota.refresh_from_db()
+    assert (quota.requests_reserved, quota.tokens_reserved) == (2, 800)
+    with transaction.atomic():
+        after = quota_settle_locked(user=user, reservation_id=first.pk, requests=1, tokens=123)
+        again = quota_settle_locked(user=user, reservation_id=first.pk, requests=1, tokens=123)
+        released = quota_settle_locked(user=user, reservation_id=second.pk, requests=0, tokens=0)
+    assert after["requests_used"] == 1 and after["tokens_used"] == 123
+    assert again is None
+    assert released["requests_used"] == 1 and released["tokens_remaining"] == 1000 - 123
+    quota.refresh_from_db()
+    assert (quota.requests_reserved, quota.tokens_reserved) == (0, 0)
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.status, second.status) == ("settled", "released")
