@@ -100,6 +100,10 @@ def server_env(args: argparse.Namespace) -> dict[str, str]:
         "MOCK_TOKEN_DELAY_MS": str(args.token_delay_ms),
         "CHAT_MAX_CONCURRENT_STREAMS": "12",
         "CHAT_STALE_SECONDS": "10",
+        # Plenty for most users (two get a tiny quota in make_users), so the soak keeps
+        # streaming for its whole duration instead of running into the daily default.
+        "QUOTA_REQUESTS_LIMIT": "1000000",
+        "QUOTA_TOKENS_LIMIT": "1000000000",
         "LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",
     }
@@ -449,7 +453,17 @@ def main(argv: list[str] | None = None) -> int:
         [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
         cwd=ROOT, env=env, check=True,
     )  # fmt: skip
-    os.environ.update({k: env[k] for k in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL")})
+    os.environ.update(
+        {
+            k: env[k]
+            for k in (
+                "DJANGO_SETTINGS_MODULE",
+                "DATABASE_URL",
+                "QUOTA_REQUESTS_LIMIT",
+                "QUOTA_TOKENS_LIMIT",
+            )
+        }
+    )
     sys.path.insert(0, str(ROOT))
     import django
 

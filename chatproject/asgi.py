@@ -20,9 +20,15 @@ from conversations.ws_auth import (  # noqa: E402
 
 report_system_checks()
 
+CHAT_PATHS = ("/api/v1/conversations/stream", "/api/ai/chat/stream")
+
 application = ProtocolTypeRouter(
     {
-        "http": BodySizeLimitMiddleware(django_asgi_app, settings.MAX_REQUEST_BODY_BYTES),
+        "http": BodySizeLimitMiddleware(
+            django_asgi_app,
+            settings.MAX_REQUEST_BODY_BYTES,
+            {path: settings.CHAT_MAX_BODY_BYTES for path in CHAT_PATHS},
+        ),
         "websocket": AllowedOriginValidator(
             TokenOrSessionAuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),

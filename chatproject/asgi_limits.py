@@ -19,16 +19,28 @@ class _TooLarge(Exception):
 
 
 class BodySizeLimitMiddleware:
-    """Wraps an ASGI app; HTTP bodies over ``limit`` bytes answer 413."""
+    """Wraps an ASGI app; HTTP bodies over the limit answer 413.
 
-    def __init__(self, app: Any, limit: int) -> None:
+    ``limits`` maps path prefixes to their own limits (the chat endpoints take smaller
+    bodies); any other path gets ``limit``.
+    """
+
+    def __init__(self, app: Any, limit: int, limits: dict[str, int] | None = None) -> None:
         self.app = app
-        self.limit = limit
+        self.default_limit = limit
+        self.limits = sorted((limits or {}).items(), key=lambda item: -len(item[0]))
 
-    async def _refuse(self, send: Any) -> None:
+    def limit_for(self, path: str) -> int:
+        """The byte limit of a request path."""
+        for prefix, limit in self.limits:
+            if path.startswith(prefix):
+                return limit
+        return self.default_limit
+
+    async def _refuse(self, send: Any, limit: int) -> None:
         body = json.dumps(
             {
-                "detail": f"The body is larger than {self.limit} bytes.",
+                "detail": f"The body is larger than {limit} bytes.",
                 "code": "payload_too_large",
             }
         ).encode()
@@ -49,14 +61,15 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit_for(scope.get("path", ""))
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
-                    too_large = int(value) > self.limit
+                    too_large = int(value) > limit
                 except ValueError:
                     too_large = False
                 if too_large:
-                    await self._refuse(send)
+                    await self._refuse(send, limit)
                     return
         received = 0
         started = False
@@ -66,7 +79,7 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
+                if received > limit:
                     raise _TooLarge
             return message
 
@@ -80,4 +93,4 @@ class BodySizeLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await self._refuse(send)
+                await self._refuse(send, limit)

@@ -11,7 +11,9 @@ class StrictCharField(serializers.CharField):
     """A CharField that refuses what is not a JSON string.
 
     DRF's CharField turns ``0``, ``1.5`` or ``true`` into ``"0"``, ``"1.5"``, ``"True"``;
-    the schema says ``string``, so anything else answers 400 naming the field.
+    the schema says ``string``, so anything else answers 400 naming the field. The length
+    limit holds for the text as sent, before surrounding whitespace is trimmed, as the
+    schema's ``maxLength`` says.
     """
 
     default_error_messages = {"not_a_string": "Not a valid string."}
@@ -19,4 +21,6 @@ class StrictCharField(serializers.CharField):
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
             self.fail("not_a_string")
+        if self.max_length is not None and len(data) > self.max_length:
+            self.fail("max_length", max_length=self.max_length)
         return super().to_internal_value(data)

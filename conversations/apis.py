@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers
 from rest_framework.request import Request
 
 from chatproject.errors import InvalidRequest
+from chatproject.openapi import ErrorResponsesAutoSchema
+from chatproject.parsers import SafeJSONParser
 from conversations import selectors, services
 from conversations.models import Context, Conversation, Message
 from conversations.serializers import (
@@ -39,6 +42,8 @@ def choice_query_param(request: Request, name: str, choices: list[str]) -> str |
 
 
 class ContextListCreateApi(generics.ListCreateAPIView):
+    schema = ErrorResponsesAutoSchema()
+    parser_classes = [SafeJSONParser]
     serializer_class = ContextSerializer
 
     def get_queryset(self) -> QuerySet[Context]:
@@ -51,6 +56,8 @@ class ContextListCreateApi(generics.ListCreateAPIView):
 
 
 class ContextDetailApi(generics.RetrieveUpdateDestroyAPIView):
+    schema = ErrorResponsesAutoSchema()
+    parser_classes = [SafeJSONParser]
     serializer_class = ContextSerializer
     http_method_names = ["get", "patch", "delete", "head", "options"]
 
@@ -66,8 +73,14 @@ class ContextDetailApi(generics.RetrieveUpdateDestroyAPIView):
         services.context_delete(context=instance)
 
 
-@extend_schema(parameters=[OpenApiParameter("context_id", str, description="Only this context's.")])
+@extend_schema(
+    parameters=[
+        OpenApiParameter("context_id", OpenApiTypes.UUID, description="Only this context's.")
+    ]
+)
 class ConversationListApi(generics.ListAPIView):
+    schema = ErrorResponsesAutoSchema()
+    parser_classes = [SafeJSONParser]
     serializer_class = ConversationSerializer
 
     def get_queryset(self) -> QuerySet[Conversation]:
@@ -76,6 +89,8 @@ class ConversationListApi(generics.ListAPIView):
 
 
 class ConversationDetailApi(generics.RetrieveUpdateDestroyAPIView):
+    schema = ErrorResponsesAutoSchema()
+    parser_classes = [SafeJSONParser]
     serializer_class = ConversationSerializer
     http_method_names = ["get", "patch", "delete", "head", "options"]
 
@@ -95,6 +110,8 @@ class ConversationDetailApi(generics.RetrieveUpdateDestroyAPIView):
 class ConversationMessagesApi(generics.ListAPIView):
     """Messages of one conversation, oldest first."""
 
+    schema = ErrorResponsesAutoSchema()
+    parser_classes = [SafeJSONParser]
     serializer_class = MessageSerializer
 
     def get_queryset(self) -> QuerySet[Message]:
@@ -107,6 +124,8 @@ class ConversationMessagesApi(generics.ListAPIView):
 class MessageDetailApi(generics.RetrieveAPIView):
     """One message (its status, content so far, usage)."""
 
+    schema = ErrorResponsesAutoSchema()
+    parser_classes = [SafeJSONParser]
     serializer_class = MessageSerializer
 
     def get_object(self) -> Message:

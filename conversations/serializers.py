@@ -6,6 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from chatproject.fields import StrictCharField
 from conversations.models import Context, Conversation, Message
 
 MAX_USER_CONTENT = 10_000
@@ -13,13 +14,9 @@ MAX_HISTORY = 100
 
 
 class ContextSerializer(serializers.ModelSerializer):
-    name = serializers.CharField(min_length=1, max_length=100, trim_whitespace=True)
-    description = serializers.CharField(
-        max_length=2000, allow_blank=True, required=False, default=""
-    )
-    instructions = serializers.CharField(
-        max_length=4000, allow_blank=True, required=False, default=""
-    )
+    name = StrictCharField(min_length=1, max_length=100, trim_whitespace=True)
+    description = StrictCharField(max_length=2000, allow_blank=True, required=False, default="")
+    instructions = StrictCharField(max_length=4000, allow_blank=True, required=False, default="")
 
     class Meta:
         model = Context
@@ -29,7 +26,7 @@ class ContextSerializer(serializers.ModelSerializer):
 
 class ConversationSerializer(serializers.ModelSerializer):
     context_id = serializers.UUIDField(read_only=True)
-    title = serializers.CharField(max_length=200, allow_blank=True, required=False)
+    title = StrictCharField(max_length=200, allow_blank=True, required=False)
 
     class Meta:
         model = Conversation
@@ -46,6 +43,9 @@ class UsageSerializer(serializers.Serializer):
 class MessageSerializer(serializers.ModelSerializer):
     conversation_id = serializers.UUIDField(read_only=True)
     usage = serializers.SerializerMethodField()
+    finish_reason = serializers.ChoiceField(
+        choices=Message.FinishReason.choices, allow_blank=True, read_only=True
+    )
 
     class Meta:
         model = Message
@@ -94,9 +94,7 @@ def message_to_dict(message: Message) -> dict[str, Any]:
 
 class ChatMessageInputSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=["user", "assistant", "system"])
-    content = serializers.CharField(
-        min_length=1, max_length=MAX_USER_CONTENT, trim_whitespace=False
-    )
+    content = StrictCharField(min_length=1, max_length=MAX_USER_CONTENT, trim_whitespace=False)
 
 
 class ChatTurnInputSerializer(serializers.Serializer):
@@ -108,7 +106,7 @@ class ChatTurnInputSerializer(serializers.Serializer):
 
     context_id = serializers.UUIDField(required=False, allow_null=True)
     conversation_id = serializers.UUIDField(required=False, allow_null=True)
-    message = serializers.CharField(
+    message = StrictCharField(
         required=False, min_length=1, max_length=MAX_USER_CONTENT, trim_whitespace=False
     )
     messages = ChatMessageInputSerializer(

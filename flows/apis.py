@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers
 
+from chatproject.openapi import ErrorResponsesAutoSchema
+from chatproject.parsers import SafeJSONParser
 from conversations.apis import choice_query_param, uuid_query_param
 from conversations.selectors import context_get
 from flows import selectors, services
@@ -16,8 +19,10 @@ _STATUS = OpenApiParameter("status", str, enum=Flow.Status.values)
 _PRIORITY = OpenApiParameter("priority", str, enum=Flow.Priority.values)
 
 
-@extend_schema(parameters=[OpenApiParameter("context_id", str), _STATUS, _PRIORITY])
+@extend_schema(parameters=[OpenApiParameter("context_id", OpenApiTypes.UUID), _STATUS, _PRIORITY])
 class FlowListApi(generics.ListAPIView):
+    schema = ErrorResponsesAutoSchema()
+    parser_classes = [SafeJSONParser]
     serializer_class = FlowSerializer
 
     def get_queryset(self) -> QuerySet[Flow]:
@@ -34,6 +39,8 @@ class FlowListApi(generics.ListAPIView):
 class ContextFlowListApi(generics.ListAPIView):
     """Flows of one context."""
 
+    schema = ErrorResponsesAutoSchema()
+    parser_classes = [SafeJSONParser]
     serializer_class = FlowSerializer
 
     def get_queryset(self) -> QuerySet[Flow]:
@@ -46,6 +53,8 @@ class ContextFlowListApi(generics.ListAPIView):
 
 
 class FlowDetailApi(generics.RetrieveUpdateDestroyAPIView):
+    schema = ErrorResponsesAutoSchema()
+    parser_classes = [SafeJSONParser]
     serializer_class = FlowSerializer
     http_method_names = ["get", "patch", "delete", "head", "options"]
 

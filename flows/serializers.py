@@ -6,6 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from chatproject.fields import StrictCharField
 from flows.models import Flow
 
 
@@ -13,8 +14,8 @@ class FlowSerializer(serializers.ModelSerializer):
     context_id = serializers.UUIDField(read_only=True)
     conversation_id = serializers.UUIDField(read_only=True, allow_null=True)
     source_message_id = serializers.UUIDField(read_only=True, allow_null=True)
-    title = serializers.CharField(min_length=1, max_length=200)
-    description = serializers.CharField(max_length=2000, allow_blank=True, required=False)
+    title = StrictCharField(min_length=1, max_length=200)
+    description = StrictCharField(max_length=2000, allow_blank=True, required=False)
 
     class Meta:
         model = Flow

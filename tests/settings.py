@@ -7,7 +7,7 @@ os.environ.setdefault("MOCK_TOKEN_DELAY_MS", "0")
 os.environ.setdefault("LOG_FORMAT", "json")
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-key-not-for-production-0123456789abcdef")
 
-from chatproject.settings import *  # noqa: E402,F403
+from chatproject.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STORAGES["staticfiles"] = {  # noqa: F405
