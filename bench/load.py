@@ -11,6 +11,12 @@ tokens (every upstream token is one word with a leading space), and errors: a st
 other than 200, an ``error`` event, a stream without its end (``done`` / ``[DONE]``), a
 token count other than T, an exception or the phase's time limit.
 
+With ``duration`` the workers keep starting turns until that many seconds have passed
+(open-ended, for throughput), then finish the ones in flight; with ``window=(t0, t1)`` the
+generator also records, at those two offsets from the start, the tokens and chunks
+received so far (in ``marks``) and calls ``on_mark("start")`` / ``on_mark("end")`` so the
+caller can read server CPU over exactly the same steady-state window.
+
 Three kinds of target:
 
 - ``product``: ``POST /api/v1/conversations/stream`` with ``Authorization: Token <key>``,
@@ -31,6 +37,7 @@ import asyncio
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +110,8 @@ class StreamResult:
     chunks: int = 0
     last_chunk: float | None = None
     total: float = 0.0
+    started: float | None = None  # perf_counter() when the turn started
+    finished: float | None = None  # perf_counter() when it ended (any outcome)
 
 
 def _content(kind: str, data: bytes) -> str | None:
@@ -125,6 +134,7 @@ class SSEReader:
         self.last: float | None = None
         self.done = False
         self.buffer = b""
+        result.started = start
 
     def feed(self, raw: bytes, now: float) -> None:
         buffer = self.buffer + raw if self.buffer else raw
@@ -170,7 +180,8 @@ class SSEReader:
 
     def finish(self, expected: int) -> None:
         result = self.result
-        result.total = time.perf_counter() - self.start
+        result.finished = time.perf_counter()
+        result.total = result.finished - self.start
         result.last_chunk = None if self.last is None else self.last - self.start
         if not result.error:
             if not self.done:
@@ -321,11 +332,18 @@ async def run_load(
     ramp: float = 0.0,
     timeout: float = 60.0,
     client: str = "raw",
+    duration: float | None = None,
+    window: tuple[float, float] | None = None,
+    marks: dict[str, float] | None = None,
+    on_mark: Callable[[str], None] | None = None,
 ) -> tuple[list[StreamResult], float]:
     """``concurrency`` workers each running ``turns`` turns; all results and wall time.
 
-    A turn cut by the time limit keeps what it received (error ``timeout``); turns never
-    started count as ``not_started``.
+    With ``duration``, a worker starts no turn after ``duration`` seconds (and ``turns``
+    is only an upper bound). With ``window``, ``marks`` gets ``t0`` / ``t1`` (perf_counter)
+    and ``tokens0`` / ``tokens1``, ``chunks0`` / ``chunks1`` (received so far, all turns)
+    at those offsets, and ``on_mark`` is called there. A turn cut by the time limit keeps
+    what it received (error ``timeout``); turns never started count as ``not_started``.
     """
     limits = httpx.Limits(
         max_connections=concurrency + 16, max_keepalive_connections=concurrency + 16
@@ -341,6 +359,8 @@ async def run_load(
                 if ramp and concurrency > 1:
                     await asyncio.sleep(ramp * index / concurrency)
                 for _ in range(turns):
+                    if stop_at is not None and time.perf_counter() >= stop_at:
+                        break
                     result = StreamResult(error="not_started")
                     results.append(result)
                     if client == "raw":
@@ -351,15 +371,33 @@ async def run_load(
                 if conn[0] is not None and conn[0].transport is not None:
                     conn[0].transport.close()
 
+        async def marker() -> None:
+            assert window is not None
+            for label, offset in (("0", window[0]), ("1", window[1])):
+                await asyncio.sleep(max(0.0, started + offset - time.perf_counter()))
+                if marks is not None:
+                    marks["t" + label] = time.perf_counter()
+                    marks["tokens" + label] = sum(r.tokens for r in results)
+                    marks["chunks" + label] = sum(r.chunks for r in results)
+                if on_mark is not None:
+                    on_mark("start" if label == "0" else "end")
+
         started = time.perf_counter()
+        stop_at = None if duration is None else started + duration
         tasks = [asyncio.create_task(worker(i)) for i in range(concurrency)]
+        mark_task = asyncio.create_task(marker()) if window is not None else None
         _done, not_done = await asyncio.wait(tasks, timeout=timeout)
         for task in not_done:
             task.cancel()
         await asyncio.gather(*not_done, return_exceptions=True)
         wall = time.perf_counter() - started
-    missing = concurrency * turns - len(results)
-    results.extend(StreamResult(error="not_started") for _ in range(max(0, missing)))
+        if mark_task is not None:
+            if not mark_task.done():  # the phase ended before the window did
+                mark_task.cancel()
+            await asyncio.gather(mark_task, return_exceptions=True)
+    if duration is None:
+        missing = concurrency * turns - len(results)
+        results.extend(StreamResult(error="not_started") for _ in range(max(0, missing)))
     return results, wall
 
 

@@ -1,6 +1,6 @@
 """The streaming benchmark: the full product against two empty relays, in the same run.
 
-    python bench/run.py [--quick] [--postgres] [--redis]
+    python bench/run.py [--quick] [--postgres] [--redis] [--cluster]
 
 Starts, each as its own process on 127.0.0.1: the fake OpenAI upstream
 (``bench/upstream.py``), the two references (``bench/references.py``: bare Starlette under
@@ -18,6 +18,10 @@ target and concurrency, a two-point fit ``CPU per turn = fixed + marginal * T``.
 
 Writes the table to stdout, ``bench/results/latest.md`` and ``latest.json``, and a chart
 to ``docs/bench.png``. The whole run is bounded (about 4 minutes, under 5).
+
+``--cluster`` runs the cluster mode instead (``bench/cluster_mode.py``): the product as one
+daphne process and as two behind nginx (scripts/cluster.py), on PostgreSQL and Redis, at
+C=50, 200 and 400; writes ``bench/results/cluster.md`` (under 5 minutes).
 """
 
 from __future__ import annotations
@@ -591,7 +595,19 @@ def main() -> None:
         help="load generator client (httpx costs more CPU per chunk than the servers)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, DB)")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="one daphne vs two behind nginx, on PostgreSQL + Redis (bench/cluster_mode.py)",
+    )
     args = parser.parse_args()
+    if args.cluster:
+        if args.quick or args.postgres or args.redis:
+            parser.error("--cluster always uses PostgreSQL and Redis and has no --quick")
+        from bench.cluster_mode import run_cluster
+
+        run_cluster(client=args.client, keep=args.keep)
+        return
     started = time.monotonic()
     CLIENT["kind"] = args.client
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))

@@ -180,12 +180,15 @@ BAD_TOKENS = {
         key=SigningKey.generate("ES256", kid=p.current_key.kid)
     ),
     "rs512-not-allowed": lambda p: jwt.encode(
-        p.claims(), p.current_key.private_key, algorithm="RS512",
+        p.claims(),
+        p.current_key.private_key,
+        algorithm="RS512",
         headers={"kid": p.current_key.kid, "typ": "at+jwt"},
     ),
     "tampered-payload": lambda p: (
-        lambda t: ".".join([t.split(".")[0], b64(json.dumps(p.claims(sub="admin")).encode()),
-                            t.split(".")[2]])
+        lambda t: ".".join(
+            [t.split(".")[0], b64(json.dumps(p.claims(sub="admin")).encode()), t.split(".")[2]]
+        )
     )(p.issue()),
     "garbage": lambda p: "not-a-jwt",
     "garbage-segments": lambda p: "a.b.c",
@@ -354,8 +357,12 @@ def test_real_contexts_endpoint_accepts_bearer(oidc_settings, provider):
 # --- backend ------------------------------------------------------------------------------------
 def test_backend_constructs_without_oidc_settings(settings):
     for name in (
-        "OIDC_RP_CLIENT_ID", "OIDC_RP_CLIENT_SECRET", "OIDC_OP_TOKEN_ENDPOINT",
-        "OIDC_OP_USER_ENDPOINT", "OIDC_OP_JWKS_ENDPOINT", "OIDC_RP_SIGN_ALGO",
+        "OIDC_RP_CLIENT_ID",
+        "OIDC_RP_CLIENT_SECRET",
+        "OIDC_OP_TOKEN_ENDPOINT",
+        "OIDC_OP_USER_ENDPOINT",
+        "OIDC_OP_JWKS_ENDPOINT",
+        "OIDC_RP_SIGN_ALGO",
     ):
         if hasattr(settings, name):
             delattr(settings, name)
@@ -508,8 +515,13 @@ def test_user_from_authorization_sync(oidc_settings, provider, user, token):
     assert user_from_authorization(f"Token {token}") == user
     assert user_from_authorization(f"token {token}".encode()) == user
     assert user_from_authorization(f"Bearer {provider.issue(sub='s1')}").username == "oidc:s1"
-    for bad in ("Token nope", "Bearer garbage", "Bearer", "Token a b",
-                f"Bearer {provider.issue(aud='x')}"):
+    for bad in (
+        "Token nope",
+        "Bearer garbage",
+        "Bearer",
+        "Token a b",
+        f"Bearer {provider.issue(aud='x')}",
+    ):
         with pytest.raises(AuthenticationError) as info:
             user_from_authorization(bad)
         response = info.value.as_response()

@@ -30,6 +30,7 @@ from ai.providers.base import Provider
 from chatproject import metrics
 from chatproject.db import db_run
 from chatproject.errors import DatabaseUnavailable, InvalidRequest, ServiceError
+from chatproject.throttling import auth_failure_record
 from conversations import selectors
 from conversations.models import Message
 from conversations.serializers import message_to_dict
@@ -75,6 +76,7 @@ def authenticate(request: HttpRequest) -> AbstractBaseUser:
     try:
         user = drf_request.user
     except exceptions.AuthenticationFailed as exc:
+        auth_failure_record(request)
         raise ServiceError(
             str(exc.detail),
             code="authentication_failed",

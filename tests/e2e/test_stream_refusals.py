@@ -177,9 +177,14 @@ def test_cors_headers_for_allowed_origins(daphne_factory, setup):
     other = post(server, setup["token"], body, Origin="https://evil.example")
     assert "access-control-allow-origin" not in other.headers
     preflight = httpx.options(
-        f"{server.url}/api/v1/conversations/stream", timeout=10,
-        headers={"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "authorization,content-type,last-event-id"})
+        f"{server.url}/api/v1/conversations/stream",
+        timeout=10,
+        headers={
+            "Origin": "https://app.example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type,last-event-id",
+        },
+    )
     assert preflight.status_code == 200
     assert "authorization" in preflight.headers["access-control-allow-headers"]
 

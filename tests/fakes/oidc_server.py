@@ -1,10 +1,10 @@
 """A fake OpenID provider for tests: a JWKS over real HTTP on 127.0.0.1, and a token signer.
 
-    with FakeOIDCProvider() as provider:
-        token = provider.issue(sub="user-1")          # RS256, typ at+jwt, kid of the current key
-        provider.rotate()                              # serve a new key set
-        provider.fetch_count                           # JWKS requests served so far
-        provider.available = False                     # answer 503 from now on
+with FakeOIDCProvider() as provider:
+    token = provider.issue(sub="user-1")          # RS256, typ at+jwt, kid of the current key
+    provider.rotate()                              # serve a new key set
+    provider.fetch_count                           # JWKS requests served so far
+    provider.available = False                     # answer 503 from now on
 """
 
 from __future__ import annotations
