@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.validators import RegexValidator
 from rest_framework import serializers
+
+#: "Not only whitespace", as the schema's ``pattern`` (JSON Schema patterns are unanchored).
+_NOT_BLANK = RegexValidator(r"\S", message="This field may not be blank.")
 
 
 class StrictCharField(serializers.CharField):
@@ -13,10 +17,17 @@ class StrictCharField(serializers.CharField):
     DRF's CharField turns ``0``, ``1.5`` or ``true`` into ``"0"``, ``"1.5"``, ``"True"``;
     the schema says ``string``, so anything else answers 400 naming the field. The length
     limit holds for the text as sent, before surrounding whitespace is trimmed, as the
-    schema's ``maxLength`` says.
+    schema's ``maxLength`` says. A field that may not be blank (the default) carries the
+    pattern ``\\S`` in the schema: text made only of whitespace is trimmed to nothing and
+    refused, so the schema must not call it valid.
     """
 
     default_error_messages = {"not_a_string": "Not a valid string."}
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not self.allow_blank and self.trim_whitespace:
+            self.validators.append(_NOT_BLANK)
 
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):

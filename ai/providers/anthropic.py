@@ -1,6 +1,7 @@
 """The Anthropic adapter (Messages API).
 
-The SDK (``AsyncAnthropic``) makes the request: auth, retries, timeouts and status errors.
+The SDK (``AsyncAnthropic``) makes the request: auth, retries, timeouts and status errors
+(``client.post`` with a plain JSON body, skipping the SDK's costly parameter transform).
 The streamed body is read as raw SSE events parsed with ``json.loads`` (cheaper than the
 SDK's typed events). Text comes from ``content_block_delta`` / ``text_delta`` events,
 input tokens from ``message_start``, output tokens and the stop reason from
@@ -25,7 +26,7 @@ from typing import Any
 import anthropic
 
 from ai.errors import AIError, AIStreamIncomplete
-from ai.providers._clients import LoopClients
+from ai.providers._clients import LoopClients, post_json
 from ai.providers._errors import SdkErrors, map_provider_error, map_stream_error_event
 from ai.providers._sse import iter_sse_events
 from ai.providers.base import (
@@ -130,11 +131,10 @@ class AnthropicProvider:
         stopped = False
         chunks = 0
         try:
-            manager = self._client().messages.with_streaming_response.create(**params)
-            response = await manager.__aenter__()
+            response = await post_json(self._client(), "/v1/messages", params, stream=True)
         except Exception as exc:
             raise map_provider_error(exc, provider=self.name, sdk=_SDK_ERRORS) from exc
-        events = iter_sse_events(response.http_response)
+        events = iter_sse_events(response)
         try:
             loads = json.loads
             async for _event, data in events:
@@ -184,7 +184,7 @@ class AnthropicProvider:
             with contextlib.suppress(Exception):
                 await events.aclose()
             with contextlib.suppress(Exception):
-                await manager.__aexit__(None, None, None)
+                await response.aclose()
         if not stopped:
             logger.warning(
                 "ai.anthropic.stream_incomplete", extra={"provider": self.name, "chunks": chunks}
@@ -206,21 +206,22 @@ class AnthropicProvider:
         """One JSON object about ``transcript``: the input of a tool the model must call."""
         tool_name = _tool_name(schema_name)
         try:
-            raw = await self._client().messages.with_raw_response.create(
-                model=self.model,
-                max_tokens=_EXTRACTION_MAX_TOKENS,
-                system=system,
-                messages=[{"role": "user", "content": transcript}],
-                tools=[
+            body_params = {
+                "model": self.model,
+                "max_tokens": _EXTRACTION_MAX_TOKENS,
+                "system": system,
+                "messages": [{"role": "user", "content": transcript}],
+                "tools": [
                     {
                         "name": tool_name,
                         "description": "Record the tasks found in the transcript.",
                         "input_schema": schema,
                     }
                 ],
-                tool_choice={"type": "tool", "name": tool_name},
-            )
-            body = json.loads(await raw.http_response.aread())
+                "tool_choice": {"type": "tool", "name": tool_name},
+            }
+            raw = await post_json(self._client(), "/v1/messages", body_params, stream=False)
+            body = json.loads(raw.content)
         except Exception as exc:
             raise map_provider_error(exc, provider=self.name, sdk=_SDK_ERRORS) from exc
         payload: Any = None

@@ -1,6 +1,7 @@
 """The OpenAI adapter (also for any OpenAI-compatible server through ``OPENAI_BASE_URL``).
 
-The SDK (``AsyncOpenAI``) makes the request: auth, retries, timeouts and status errors.
+The SDK (``AsyncOpenAI``) makes the request: auth, retries, timeouts and status errors
+(``client.post`` with a plain JSON body, skipping the SDK's costly parameter transform).
 The streamed body is then read as raw SSE lines and parsed with ``json.loads``, which is
 several times cheaper per chunk than the SDK's typed chunk objects.
 
@@ -30,7 +31,7 @@ from urllib.parse import urlsplit
 import openai
 
 from ai.errors import AIError, AIStreamIncomplete
-from ai.providers._clients import LoopClients
+from ai.providers._clients import LoopClients, post_json
 from ai.providers._errors import SdkErrors, map_provider_error, map_stream_error_event
 from ai.providers._sse import iter_sse_events
 from ai.providers.base import (
@@ -126,21 +127,23 @@ class OpenAIProvider:
     # --- streaming ---------------------------------------------------------------------
 
     async def _open_stream(self, params: dict[str, Any]) -> Any:
-        """Send the streaming request; on a 400 about ``stream_options`` retry without it."""
+        """Send the streaming request (the raw response, body unread); on a 400 about
+        ``stream_options`` retry without it."""
         client = self._client()
         if self._stream_options_supported:
-            manager = client.chat.completions.with_streaming_response.create(
-                **params, stream_options={"include_usage": True}
-            )
             try:
-                return manager, await manager.__aenter__()
+                return await post_json(
+                    client,
+                    "/chat/completions",
+                    {**params, "stream_options": {"include_usage": True}},
+                    stream=True,
+                )
             except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
                 if "stream_options" not in _error_text(exc):
                     raise
                 logger.info("ai.openai.stream_options_refused", extra={"provider": self.name})
                 self._stream_options_supported = False
-        manager = client.chat.completions.with_streaming_response.create(**params)
-        return manager, await manager.__aenter__()
+        return await post_json(client, "/chat/completions", params, stream=True)
 
     async def stream_reply(
         self,
@@ -163,10 +166,10 @@ class OpenAIProvider:
         usage: Usage | None = None
         parts: list[str] = []
         try:
-            manager, response = await self._open_stream(params)
+            response = await self._open_stream(params)
         except Exception as exc:
             raise map_provider_error(exc, provider=self.name, sdk=_SDK_ERRORS) from exc
-        events = iter_sse_events(response.http_response)
+        events = iter_sse_events(response)
         try:
             loads = json.loads
             async for _event, data in events:
@@ -213,7 +216,7 @@ class OpenAIProvider:
             with contextlib.suppress(Exception):
                 await events.aclose()
             with contextlib.suppress(Exception):
-                await manager.__aexit__(None, None, None)
+                await response.aclose()
         if not finish_reason:
             logger.warning(
                 "ai.openai.stream_incomplete", extra={"provider": self.name, "chunks": len(parts)}
@@ -311,8 +314,8 @@ class OpenAIProvider:
             }
         elif mode == "json_object":
             params["response_format"] = {"type": "json_object"}
-        raw = await self._client().chat.completions.with_raw_response.create(**params)
-        body = json.loads(await raw.http_response.aread())
+        raw = await post_json(self._client(), "/chat/completions", params, stream=False)
+        body = json.loads(raw.content)
         content: str | None = None
         choices = body.get("choices") if isinstance(body, dict) else None
         if choices and isinstance(choices[0], dict):

@@ -57,6 +57,7 @@ def test_contexts_crud(api, data):
     ("body", "field"),
     [
         ({"name": ""}, "name"),
+        ({"name": "\u000b \t"}, "name"),
         ({"name": "x" * 101}, "name"),
         ({}, "name"),
         ({"name": "Work"}, "name"),
@@ -214,6 +215,9 @@ def test_schema_and_docs(api, client):
     assert schema.status_code == 200
     paths = schema.json()["paths"]
     assert "/api/v1/contexts/" in paths and "/api/v1/quota/" in paths
+    # Whitespace-only text is trimmed and refused: the schema says so with a pattern.
+    context_name = schema.json()["components"]["schemas"]["ContextRequest"]["properties"]["name"]
+    assert context_name["minLength"] == 1 and context_name["pattern"] == "\\S"
     assert client.get("/api/v1/docs/").status_code in (200, 401)
 
 
