@@ -8,8 +8,13 @@ into events, and each event's data is left as bytes for ``json.loads``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
+
+#: How long a finished stream may take to end its body before its connection is dropped.
+DRAIN_SECONDS = 0.05
 
 
 async def iter_sse_events(response: Any) -> AsyncIterator[tuple[bytes, bytes]]:
@@ -47,3 +52,17 @@ async def iter_sse_events(response: Any) -> AsyncIterator[tuple[bytes, bytes]]:
         data_lines.append(value[1:] if value.startswith(b" ") else value)
     if data_lines:
         yield event, b"\n".join(data_lines)
+
+
+async def drain(events: AsyncIterator[Any], timeout: float = DRAIN_SECONDS) -> None:
+    """Read what is left of a stream whose reply is complete, briefly.
+
+    A response closed before its body ends takes its connection with it; read to the end
+    (usually only the chunked body's terminator is left), the connection goes back to the
+    SDK client's pool and the next turn skips a TCP (and TLS) handshake. A server that
+    keeps the body open is given ``timeout``, then the connection is dropped.
+    """
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout):
+            async for _ in events:
+                pass

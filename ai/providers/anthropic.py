@@ -28,7 +28,7 @@ import anthropic
 from ai.errors import AIError, AIStreamIncomplete
 from ai.providers._clients import LoopClients, post_json
 from ai.providers._errors import SdkErrors, map_provider_error, map_stream_error_event
-from ai.providers._sse import iter_sse_events
+from ai.providers._sse import drain, iter_sse_events
 from ai.providers.base import (
     ChatMessage,
     StreamEnd,
@@ -167,6 +167,7 @@ class AnthropicProvider:
                         input_tokens = _input_tokens(usage)
                 elif kind == "message_stop":
                     stopped = True
+                    await drain(events)
                     break
                 elif kind == "error":
                     error = event.get("error") or {}

@@ -33,7 +33,7 @@ import openai
 from ai.errors import AIError, AIStreamIncomplete
 from ai.providers._clients import LoopClients, post_json
 from ai.providers._errors import SdkErrors, map_provider_error, map_stream_error_event
-from ai.providers._sse import iter_sse_events
+from ai.providers._sse import drain, iter_sse_events
 from ai.providers.base import (
     ChatMessage,
     StreamEnd,
@@ -244,6 +244,7 @@ class OpenAIProvider:
             async with asyncio.timeout(_TAIL_GRACE_SECONDS):
                 async for _event, data in events:
                     if data == b"[DONE]":
+                        await drain(events)
                         break
                     try:
                         chunk = json.loads(data)

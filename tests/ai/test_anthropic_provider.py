@@ -220,3 +220,13 @@ async def test_extraction_errors_are_mapped(anthropic_server):
         await provider().extract_structured(
             system="s", transcript="t", schema=SCHEMA, schema_name="x"
         )
+
+
+async def test_finished_streams_leave_their_connection_in_the_pool(anthropic_server):
+    """Read to the end of the body after ``message_stop``, the connection is reused."""
+    built = provider()
+    for _ in range(3):
+        result = await collect(built, [ChatMessage("user", "Hi")], system="Be brief.")
+        assert result.end is not None and result.end.finish_reason == "stop"
+    ports = {request.client_port for request in anthropic_server.requests}
+    assert len(anthropic_server.requests) == 3 and len(ports) == 1

@@ -330,3 +330,13 @@ def test_parse_json_text():
     assert parse_json_text('Here: {"a": 3} done') == {"a": 3}
     assert parse_json_text("no json") is None
     assert parse_json_text(None) is None
+
+
+async def test_finished_streams_leave_their_connection_in_the_pool(openai_server):
+    """Read to the end of the body, the next turn skips the TCP handshake."""
+    built = provider()
+    for _ in range(3):
+        result = await collect(built, HISTORY, system=SYSTEM, max_output_tokens=50)
+        assert result.end is not None and result.end.finish_reason == "stop"
+    ports = {request.client_port for request in openai_server.requests}
+    assert len(openai_server.requests) == 3 and len(ports) == 1

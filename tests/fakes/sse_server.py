@@ -29,6 +29,8 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: Any
+    #: The client's port: two requests with the same one came on one kept-alive connection.
+    client_port: int = 0
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
@@ -114,6 +116,7 @@ class _Handler(BaseHTTPRequestHandler):
             path=self.path,
             headers={k.lower(): v for k, v in self.headers.items()},
             body=body,
+            client_port=self.client_address[1],
         )
         with fake.lock:
             fake.requests.append(request)
