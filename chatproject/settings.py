@@ -44,15 +44,17 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "chatproject.middleware.RequestIdMiddleware",
-    "django.middleware.security.SecurityMiddleware",
+    # Django's stock middleware, with their hooks run in the event loop instead of a
+    # thread each (chatproject/async_middleware.py).
+    "chatproject.async_middleware.AsyncSecurityMiddleware",
     "chatproject.middleware.AsyncWhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    "chatproject.async_middleware.AsyncSessionMiddleware",
     "corsheaders.middleware.CorsMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "chatproject.async_middleware.AsyncCommonMiddleware",
+    "chatproject.async_middleware.AsyncCsrfViewMiddleware",
+    "chatproject.async_middleware.AsyncAuthenticationMiddleware",
+    "chatproject.async_middleware.AsyncMessageMiddleware",
+    "chatproject.async_middleware.AsyncXFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "chatproject.urls"
