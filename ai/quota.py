@@ -338,34 +338,41 @@ def quota_settle_locked(
     requests: int,
     tokens: int,
     now: datetime | None = None,
+    reserved: tuple[int, datetime] | None = None,
 ) -> dict[str, Any] | None:
     """:func:`quota_settle` inside the caller's transaction, returning the quota after it.
 
-    Three statements: lock the quota row, close the reservation if it is still held (a
-    conditional update: idempotent), write the counters computed on the locked row. The
-    same rules as :func:`quota_settle` (nothing charged across a reset; reserved counters
-    never below 0). Returns None, changing nothing, when the reservation was closed
-    already; with ``requests=0`` and ``tokens=0`` it releases.
+    Lock the quota row, close the reservation if it is still held (a conditional update:
+    idempotent), write the counters computed on the locked row. The same rules as
+    :func:`quota_settle` (nothing charged across a reset; reserved counters never below
+    0). Returns None, changing nothing, when the reservation was closed already; with
+    ``requests=0`` and ``tokens=0`` it releases. ``reserved``, the reservation's tokens
+    and period as the caller made it, saves reading it back.
     """
     if requests < 0 or tokens < 0:
         raise ValueError("requests and tokens must not be negative")
     now = now or timezone.now()
     quota = quota_lock(user=user, now=now)
     held = Reservation.objects.filter(pk=reservation_id, status=Reservation.Status.HELD)
-    reservation = held.values("tokens", "period_started_at").first()
-    if reservation is None:
-        return None
-    same_period = reservation["period_started_at"] == quota.period_started_at
+    if reserved is None:
+        row = held.values("tokens", "period_started_at").first()
+        if row is None:
+            return None
+        reserved = (row["tokens"], row["period_started_at"])
+    reserved_tokens, reserved_period = reserved
+    same_period = reserved_period == quota.period_started_at
     charged_requests = requests if same_period else 0
     charged_tokens = tokens if same_period else 0
-    held.update(
+    closed = held.update(
         status=Reservation.Status.SETTLED if requests or tokens else Reservation.Status.RELEASED,
         requests_charged=charged_requests,
         tokens_charged=charged_tokens,
         closed_at=now,
     )
+    if not closed:
+        return None
     quota.requests_reserved = max(0, quota.requests_reserved - 1)
-    quota.tokens_reserved = max(0, quota.tokens_reserved - reservation["tokens"])
+    quota.tokens_reserved = max(0, quota.tokens_reserved - reserved_tokens)
     quota.requests_used += charged_requests
     quota.tokens_used += charged_tokens
     quota.save(

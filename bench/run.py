@@ -525,13 +525,13 @@ def phases(quick: bool) -> list[Phase]:
     if quick:
         return [
             Phase(LONG, 1, 3, everyone),
-            Phase(SHORT, 1, 10, everyone),
+            Phase(SHORT, 1, 30, everyone),
             Phase(LONG, 50, 1, everyone, ramp=0.5),
             Phase(SHORT, 50, 2, everyone, ramp=0.2),
         ]
     return [
         Phase(LONG, 1, 5, everyone),
-        Phase(SHORT, 1, 20, everyone),
+        Phase(SHORT, 1, 60, everyone),
         Phase(LONG, 50, 2, everyone, ramp=0.5),
         Phase(SHORT, 50, 4, everyone, ramp=0.2),
         Phase(LONG, 200, 1, heavy, ramp=0.5),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -93,6 +93,8 @@ class PreparedTurn:
     reservation_id: uuid.UUID
     history: list[ChatMessage]
     quota: dict[str, Any]
+    #: The reservation's tokens and quota period, as made (settling needs not read it back).
+    reserved: tuple[int, datetime] | None = None
 
 
 def _resolve_conversation(
@@ -101,7 +103,9 @@ def _resolve_conversation(
     context_id: uuid.UUID | None,
     conversation_id: uuid.UUID | None,
     first_text: str,
-) -> tuple[Context, Conversation]:
+) -> tuple[Context, Conversation, bool]:
+    """The turn's context and conversation (created when only a context is given), and
+    whether the conversation was created."""
     if conversation_id:
         conversation = (
             Conversation.objects.select_related("context")
@@ -112,13 +116,13 @@ def _resolve_conversation(
             raise NotFound("Conversation not found.")
         if context_id and conversation.context_id != context_id:
             raise InvalidRequest({"context_id": ["Does not match the conversation's context."]})
-        return conversation.context, conversation
+        return conversation.context, conversation, False
     context = Context.objects.filter(user=user, pk=context_id).first()
     if context is None:
         raise NotFound("Context not found.")
     title = " ".join(first_text.split())[:80]
     conversation = Conversation.objects.create(user=user, context=context, title=title)
-    return context, conversation
+    return context, conversation, True
 
 
 def turn_prepare(
@@ -149,7 +153,7 @@ def turn_prepare(
 
     with transaction.atomic():
         quota = quota_lock(user=user)
-        context, conversation = _resolve_conversation(
+        context, conversation, created = _resolve_conversation(
             user=user, context_id=context_id, conversation_id=conversation_id, first_text=content
         )
         streaming = list(
@@ -169,21 +173,22 @@ def turn_prepare(
                 headers={"Retry-After": "5"},
             )
         now = timezone.now()
-        user_message = Message.objects.create(
+        if client_history is not None:
+            history = [ChatMessage(m["role"], m["content"]) for m in client_history]
+        else:  # the stored history, then the message being sent (it is the newest)
+            earlier = history_for_model(conversation=conversation, limit=max(history_limit - 1, 0))
+            history = [
+                *(ChatMessage(m.role, m.content) for m in earlier),  # type: ignore[arg-type]
+                ChatMessage(Message.Role.USER, content),
+            ][-history_limit:]
+        user_message = Message(
             user=user,
             conversation=conversation,
             role=Message.Role.USER,
             content=content,
             created_at=now,
         )
-        if client_history is not None:
-            history = [ChatMessage(m["role"], m["content"]) for m in client_history]
-        else:
-            history = [
-                ChatMessage(m.role, m.content)  # type: ignore[arg-type]
-                for m in history_for_model(conversation=conversation, limit=history_limit)
-            ]
-        assistant_message = Message.objects.create(
+        assistant_message = Message(
             user=user,
             conversation=conversation,
             role=Message.Role.ASSISTANT,
@@ -193,13 +198,15 @@ def turn_prepare(
             worker=worker,
             created_at=now + timedelta(microseconds=1),
         )
+        Message.objects.bulk_create([user_message, assistant_message])  # one INSERT
         reservation = quota_reserve_locked(
             quota=quota,
             tokens=reserve_tokens(history, system_prompt(context)),
             message_id=assistant_message.id,
             now=now,
         )
-        Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
+        if not created:  # a new conversation's updated_at is already now
+            Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
         return PreparedTurn(
             user_id=user.pk,
             context_id=context.id,
@@ -209,6 +216,7 @@ def turn_prepare(
             user_message=user_message,
             assistant_message=assistant_message,
             reservation_id=reservation.pk,
+            reserved=(reservation.tokens, reservation.period_started_at),
             history=history,
             quota=quota_as_dict(quota),
         )
@@ -324,6 +332,7 @@ def turn_finish(
         quota = quota_settle_locked(
             user=message.user,
             reservation_id=turn.reservation_id,
+            reserved=turn.reserved,
             requests=1 if complete else 0,
             tokens=tokens,
         )
