@@ -293,4 +293,8 @@ LOGGING = {
 }
 
 # Threads (and so database connections) that streaming turns use for their DB units.
-DB_THREADS = env.int("DB_THREADS", default=8)
+# SQLite has one writer at a time: more threads only queue on its lock (sleeping retries,
+# a page cache each), so 2 there; 8 on PostgreSQL.
+DB_THREADS = env.int(
+    "DB_THREADS", default=2 if _db["ENGINE"] == "django.db.backends.sqlite3" else 8
+)
