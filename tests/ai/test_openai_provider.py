@@ -113,6 +113,20 @@ async def test_a_server_that_hangs_after_the_finish_does_not_hold_the_reply(
     assert result.end.usage.estimated is True
 
 
+async def test_a_body_held_open_after_done_does_not_hold_the_reply(openai_server):
+    """After ``[DONE]`` the rest of the body is read only briefly (to keep the connection
+    for the next turn); a server that holds it open costs a new connection, not the wait."""
+    openai_server.push(OpenAIScript(after_done_delay=2.0), OpenAIScript())
+    built = provider()
+    started = time.perf_counter()
+    result = await collect(built)
+    assert time.perf_counter() - started < 1.0
+    assert result.error is None and result.text == "Hello, world!"
+    assert result.end.usage.estimated is False
+    again = await collect(built)
+    assert again.error is None and again.text == "Hello, world!"
+
+
 async def test_a_stall_mid_stream_times_out(openai_server, settings):
     settings.AI_TIMEOUT_SECONDS = 0.3
     openai_server.push(OpenAIScript(tokens=["a", "b"], token_delay=1.0))

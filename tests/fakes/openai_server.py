@@ -36,6 +36,7 @@ class OpenAIScript(StreamScript):
     send_usage: bool = True  # only when the request asked for it, like the API
     send_done: bool = True
     end_delay: float = 0.0  # pause after the finish chunk, before usage/[DONE]/end
+    after_done_delay: float = 0.0  # pause after [DONE] before the body ends (held open)
     prompt_tokens: int = 12
     completion_tokens: int | None = None  # default: the number of tokens
     error_event_after: int | None = None  # an {"error": ...} chunk after this many
@@ -214,6 +215,7 @@ class FakeOpenAIServer(FakeServer):
             writer.chunk(event([], usage=usage))
         if script.send_done:
             writer.chunk(b"data: [DONE]\n\n")
+        self.pause(script.after_done_delay)
         writer.end()
 
 
