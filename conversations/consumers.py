@@ -47,6 +47,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 
+from chatproject import metrics
 from chatproject.db import db_run
 from chatproject.errors import InvalidRequest, ServiceError
 from conversations import selectors
@@ -203,6 +204,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def send_error(self, exc: ServiceError, request: str) -> None:
         """A problem before any stream: the error body, its HTTP status, the request type."""
+        if exc.status_code == 429:
+            metrics.REFUSALS.labels(exc.code).inc()
         body: dict[str, Any] = {
             "type": "error",
             **exc.as_body(),
@@ -246,6 +249,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 "Only assistant replies can be streamed.", code="not_a_reply", status_code=400
             )
         generation = registry.get(message.id)
+        metrics.RESUMES.labels("live" if generation is not None else "stored").inc()
         logger.info(
             "turn.resume",
             extra={
@@ -267,6 +271,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             raise InvalidRequest({"message_id": ["This field is required."]})
         message = await db_run(selectors.message_get, user=self.user, message_id=message_id)
         generation = registry.get(message.id)
+        metrics.CANCELS.inc()
         logger.info(
             "turn.cancel",
             extra={"message_id": str(message.id), "local": bool(generation), "transport": "ws"},

@@ -16,6 +16,7 @@ from websockets.sync.client import ClientConnection, connect
 from conversations.models import Message
 from flows.models import Flow
 from tests import factories
+from tests.e2e.test_metrics import sample
 
 pytestmark = pytest.mark.e2e
 
@@ -233,8 +234,13 @@ def test_script_without_origin_uses_its_authorization_header(daphne, alice):
     assert events[0]["type"] == "metadata" and events[-1]["type"] == "done"
 
 
+def _metrics(daphne) -> str:
+    return httpx.get(f"{daphne.url}/metrics", timeout=10).text
+
+
 def test_cancel_while_streaming(daphne, alice):
     _, token, context = alice
+    cancels_before = sample(_metrics(daphne), "chat_cancels_total")
     with token_socket(daphne, token) as ws:
         ws.send(json.dumps(chat(context, SLOW + "tell me a long story")))
         events = [recv(ws) for _ in range(6)]  # metadata, typing, 4 chunks
@@ -253,6 +259,7 @@ def test_cancel_while_streaming(daphne, alice):
     assert message.status == "cancelled" and message.finish_reason == "cancelled"
     text = text_of(events)
     assert message.content == text and 0 < len(text.split()) < 150
+    assert sample(_metrics(daphne), "chat_cancels_total") == cancels_before + 1
 
 
 def test_cancel_of_another_users_message_is_not_found(daphne, alice):
@@ -333,6 +340,7 @@ def test_one_stream_per_socket_busy(daphne, alice):
 
 def test_resume_after_disconnect_live_and_stored(daphne, alice):
     _, token, context = alice
+    before = _metrics(daphne)
     with token_socket(daphne, token) as ws:
         ws.send(json.dumps(chat(context, "[[mock:slow:20]] [[mock:long:60]] go")))
         first = [recv(ws) for _ in range(8)]
@@ -355,6 +363,13 @@ def test_resume_after_disconnect_live_and_stored(daphne, alice):
     assert [e["type"] for e in replay[-3:]] == ["typing", "flows_extracted", "done"]
     assert text_of(replay) == message.content
     assert replay[-1]["id"] == rest[-1]["id"]
+    after = _metrics(daphne)
+    for source in ("live", "stored"):
+        label = f'source="{source}"'
+        assert (
+            sample(after, "chat_resumes_total", label)
+            == sample(before, "chat_resumes_total", label) + 1
+        )
 
 
 def test_cancel_on_disconnect_setting(daphne_factory, alice, transactional_db):
