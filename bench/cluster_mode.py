@@ -58,11 +58,13 @@ from bench.run import (
     ROOT,
     SHORT,
     Server,
+    _fmt,
     free_port,
     product_env,
     setup_product,
 )
 from scripts.cluster import Cluster, ensure_postgres_database
+from scripts.cluster import daphne_command as cluster_daphne_command
 
 DATABASE_URL = "postgres://postgres@127.0.0.1:5432/bench_cluster"
 REDIS_URL = "redis://127.0.0.1:6379/6"
@@ -115,20 +117,8 @@ def service_delta(before: dict[tuple[int, float], float], after: dict[Any, float
 
 
 def daphne_command(port: int, access_log: Path) -> list[str]:
-    """The command line scripts/cluster.py gives its daphne processes."""
-    return [
-        PY,
-        "-m",
-        "daphne",
-        "-b",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "--proxy-headers",
-        "--access-log",
-        str(access_log),
-        "chatproject.asgi:application",
-    ]
+    """The command line scripts/cluster.py gives its daphne processes (the venv's python)."""
+    return cluster_daphne_command(port, access_log, python=PY)
 
 
 def flush_redis() -> None:
@@ -286,14 +276,6 @@ def summarize_phase(
 
 
 # --- report -------------------------------------------------------------------------------
-
-
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
 
 
 def _errors(r: dict[str, Any]) -> str:

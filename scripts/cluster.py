@@ -52,6 +52,23 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/3"
 STATIC_ALIAS = "alias /srv/chat/staticfiles/;"
 
 
+def daphne_command(port: int, access_log: Path, python: str = sys.executable) -> list[str]:
+    """The command line of one daphne process behind the proxy (docs/operations.md)."""
+    return [
+        python,
+        "-m",
+        "daphne",
+        "-b",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--proxy-headers",
+        "--access-log",
+        str(access_log),
+        "chatproject.asgi:application",
+    ]
+
+
 class ClusterError(RuntimeError):
     """The cluster cannot start; the message says what to do."""
 
@@ -279,19 +296,7 @@ class Cluster:
             log_path=self.prefix / f"daphne-{index}.log",
             access_log_path=self.prefix / f"daphne-{index}.access.log",
         )
-        command = [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "--proxy-headers",
-            "--access-log",
-            str(daphne.access_log_path),
-            "chatproject.asgi:application",
-        ]
+        command = daphne_command(port, daphne.access_log_path)
         with daphne.log_path.open("wb") as log:
             daphne.process = subprocess.Popen(  # noqa: S603 (fixed command)
                 command,
