@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import signal
 import socket
@@ -35,6 +37,17 @@ def test_database_url() -> str:
     return f"postgres://{auth}@{host}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
+_LOGS: list[str] = []
+
+
+@atexit.register
+def _remove_logs() -> None:
+    """The servers' logs live as long as the test run (failures print them)."""
+    for name in _LOGS:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+
+
 class DaphneServer:
     """``daphne chatproject.asgi:application`` with the given environment."""
 
@@ -45,6 +58,7 @@ class DaphneServer:
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (kept open for the process)
             prefix="daphne-", suffix=".log", delete=False
         )
+        _LOGS.append(self.log.name)
 
     @property
     def url(self) -> str:

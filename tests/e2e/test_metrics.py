@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import tempfile
 
 import httpx
 import pytest
@@ -21,11 +20,11 @@ def sample(text: str, name: str, labels: str = "") -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def test_metrics_summed_over_two_processes(transactional_db):
+def test_metrics_summed_over_two_processes(transactional_db, tmp_path):
     user = factories.make_user("alice")
     token = factories.make_token(user)
     context = factories.make_context(user, "Work")
-    shared = tempfile.mkdtemp(prefix="prom-")
+    shared = str(tmp_path)
     env = {"PROMETHEUS_MULTIPROC_DIR": shared, "MOCK_TOKEN_DELAY_MS": "1"}
     servers = [DaphneServer(env).start(), DaphneServer(env).start()]
     try:
