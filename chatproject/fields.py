@@ -29,9 +29,19 @@ class StrictCharField(serializers.CharField):
         if not self.allow_blank and self.trim_whitespace:
             self.validators.append(_NOT_BLANK)
 
+    def run_validation(self, data: Any = serializers.empty) -> Any:
+        # Before DRF's shortcut that turns whitespace-only text into "" for fields that
+        # may be blank, skipping to_internal_value and so the checks below.
+        if isinstance(data, str):
+            self._check_length(data)
+        return super().run_validation(data)
+
+    def _check_length(self, data: str) -> None:
+        if self.max_length is not None and len(data) > self.max_length:
+            self.fail("max_length", max_length=self.max_length)
+
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
             self.fail("not_a_string")
-        if self.max_length is not None and len(data) > self.max_length:
-            self.fail("max_length", max_length=self.max_length)
+        self._check_length(data)
         return super().to_internal_value(data)

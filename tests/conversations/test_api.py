@@ -62,6 +62,8 @@ def test_contexts_crud(api, data):
         ({}, "name"),
         ({"name": "Work"}, "name"),
         ({"name": "ok", "instructions": "x" * 4001}, "instructions"),
+        # Whitespace-only text that may be blank is still held to its length limit.
+        ({"name": "ok", "instructions": "\r" * 4001}, "instructions"),
     ],
 )
 def test_context_validation_names_the_field(api, data, body, field):
