@@ -10,13 +10,11 @@ from rest_framework.views import APIView
 
 from ai.quota import quota_snapshot
 from ai.serializers import QuotaOutputSerializer
-from chatproject.openapi import ErrorResponsesAutoSchema
 
 
 class QuotaApi(APIView):
     """The caller's quota and what remains of it in the current period."""
 
-    schema = ErrorResponsesAutoSchema()
     permission_classes = [IsAuthenticated]
 
     @extend_schema(

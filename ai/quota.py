@@ -41,8 +41,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
-from django.db.models import BigIntegerField, F, IntegerField, QuerySet
-from django.db.models.functions import Greatest
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from ai.models import Quota, Reservation
@@ -150,6 +149,16 @@ def quota_get_or_create(*, user: AbstractBaseUser, now: datetime | None = None) 
         return Quota.objects.get(user=user)
 
 
+def _new_period(period: str, *, now: datetime) -> dict[str, Any]:
+    """The fields of a quota whose period starts over at ``now`` (``*_reserved`` stay)."""
+    return {
+        "requests_used": 0,
+        "tokens_used": 0,
+        "period_started_at": period_start(period, now=now),
+        "resets_at": period_next_reset(period, now=now),
+    }
+
+
 def _lazy_reset(*, quota_id: int, now: datetime) -> bool:
     """Start the current period if ``resets_at`` has passed: a conditional update.
 
@@ -163,13 +172,7 @@ def _lazy_reset(*, quota_id: int, now: datetime) -> bool:
     return bool(
         Quota.objects.filter(
             pk=quota_id, period=period, resets_at__isnull=False, resets_at__lte=now
-        ).update(
-            requests_used=0,
-            tokens_used=0,
-            period_started_at=period_start(period, now=now),
-            resets_at=period_next_reset(period, now=now),
-            updated_at=now,
-        )
+        ).update(**_new_period(period, now=now), updated_at=now)
     )
 
 
@@ -209,6 +212,21 @@ def _retry_after(quota: Quota, *, tokens: int, now: datetime) -> int:
     return until_reset
 
 
+def _refusal(quota: Quota, *, tokens: int, now: datetime) -> QuotaExceeded | None:
+    """Why ``tokens`` and one request do not fit beside what is used and reserved, or None."""
+    if tokens < 0:
+        raise ValueError("tokens must not be negative")
+    if (
+        quota.requests_used + quota.requests_reserved < quota.requests_limit
+        and quota.tokens_used + quota.tokens_reserved + tokens <= quota.tokens_limit
+    ):
+        return None
+    return QuotaExceeded(
+        data={"quota": quota_as_dict(quota)},
+        headers={"Retry-After": str(_retry_after(quota, tokens=tokens, now=now))},
+    )
+
+
 def quota_reserve(
     *,
     user: AbstractBaseUser,
@@ -220,8 +238,8 @@ def quota_reserve(
 
     ``tokens`` is the estimate of what the reply may use (the prompt's tokens plus the most
     the model may write, e.g. ``AI_MAX_OUTPUT_TOKENS``); it must fit in what is left, and
-    the real count replaces it at :func:`quota_settle`. Room is checked and taken by one
-    conditional UPDATE (requests_used + requests_reserved < requests_limit and
+    the real count replaces it at :func:`quota_settle`. Room is checked and taken on the
+    locked row (requests_used + requests_reserved < requests_limit and
     tokens_used + tokens_reserved + tokens <= tokens_limit), after the lazy reset.
 
     ``message_id`` optionally links the reply's message now (see also
@@ -229,38 +247,13 @@ def quota_reserve(
 
     Raises :class:`QuotaExceeded` (429, data ``{"quota": ...}``, header ``Retry-After``).
     """
-    if tokens < 0:
-        raise ValueError("tokens must not be negative")
     now = now or timezone.now()
-    quota = quota_get_or_create(user=user, now=now)
     with transaction.atomic():
-        _lazy_reset(quota_id=quota.pk, now=now)
-        taken = Quota.objects.filter(
-            pk=quota.pk,
-            requests_limit__gt=F("requests_used") + F("requests_reserved"),
-            tokens_limit__gte=F("tokens_used") + F("tokens_reserved") + tokens,
-        ).update(
-            requests_reserved=F("requests_reserved") + 1,
-            tokens_reserved=F("tokens_reserved") + tokens,
-            updated_at=now,
-        )
-        if taken:
-            # Our UPDATE holds the row (PostgreSQL) or the database (SQLite) until commit,
-            # so this is the period the request was taken in.
-            period_started_at = (
-                Quota.objects.filter(pk=quota.pk).values_list("period_started_at", flat=True).get()
-            )
-            return Reservation.objects.create(
-                user=user,
-                message_id=message_id,
-                tokens=tokens,
-                period_started_at=period_started_at,
-            )
-    quota.refresh_from_db()
-    raise QuotaExceeded(
-        data={"quota": quota_as_dict(quota)},
-        headers={"Retry-After": str(_retry_after(quota, tokens=tokens, now=now))},
-    )
+        quota = quota_lock(user=user, now=now)
+        refused = _refusal(quota, tokens=tokens, now=now)
+        if refused is None:
+            return quota_reserve_locked(quota=quota, tokens=tokens, message_id=message_id, now=now)
+    raise refused  # after the commit: a lazy reset done on the way is kept
 
 
 def quota_lock(*, user: AbstractBaseUser, now: datetime | None = None) -> Quota:
@@ -277,18 +270,10 @@ def quota_lock(*, user: AbstractBaseUser, now: datetime | None = None) -> Quota:
         quota_get_or_create(user=user, now=now)
         quota = Quota.objects.select_for_update().get(user=user)
     if quota.resets_at is not None and quota.resets_at <= now:
-        quota.requests_used = quota.tokens_used = 0
-        quota.period_started_at = period_start(quota.period, now=now)
-        quota.resets_at = period_next_reset(quota.period, now=now)
-        quota.save(
-            update_fields=[
-                "requests_used",
-                "tokens_used",
-                "period_started_at",
-                "resets_at",
-                "updated_at",
-            ]
-        )
+        fields = _new_period(quota.period, now=now)
+        for name, value in fields.items():
+            setattr(quota, name, value)
+        quota.save(update_fields=[*fields, "updated_at"])
     return quota
 
 
@@ -304,18 +289,10 @@ def quota_reserve_locked(
     Same rule (one request and ``tokens`` must fit beside what is used and reserved), no
     extra reads; ``quota`` is updated in memory too. Raises :class:`QuotaExceeded`.
     """
-    if tokens < 0:
-        raise ValueError("tokens must not be negative")
     now = now or timezone.now()
-    fits = (
-        quota.requests_used + quota.requests_reserved < quota.requests_limit
-        and quota.tokens_used + quota.tokens_reserved + tokens <= quota.tokens_limit
-    )
-    if not fits:
-        raise QuotaExceeded(
-            data={"quota": quota_as_dict(quota)},
-            headers={"Retry-After": str(_retry_after(quota, tokens=tokens, now=now))},
-        )
+    refused = _refusal(quota, tokens=tokens, now=now)
+    if refused is not None:
+        raise refused
     Quota.objects.filter(pk=quota.pk).update(
         requests_reserved=F("requests_reserved") + 1,
         tokens_reserved=F("tokens_reserved") + tokens,
@@ -339,6 +316,7 @@ def quota_settle_locked(
     tokens: int,
     now: datetime | None = None,
     reserved: tuple[int, datetime] | None = None,
+    status: str | None = None,
 ) -> dict[str, Any] | None:
     """:func:`quota_settle` inside the caller's transaction, returning the quota after it.
 
@@ -346,8 +324,9 @@ def quota_settle_locked(
     idempotent), write the counters computed on the locked row. The same rules as
     :func:`quota_settle` (nothing charged across a reset; reserved counters never below
     0). Returns None, changing nothing, when the reservation was closed already; with
-    ``requests=0`` and ``tokens=0`` it releases. ``reserved``, the reservation's tokens
-    and period as the caller made it, saves reading it back.
+    ``requests=0`` and ``tokens=0`` it releases (unless ``status`` says otherwise).
+    ``reserved``, the reservation's tokens and period as the caller made it, saves
+    reading it back.
     """
     if requests < 0 or tokens < 0:
         raise ValueError("requests and tokens must not be negative")
@@ -363,8 +342,10 @@ def quota_settle_locked(
     same_period = reserved_period == quota.period_started_at
     charged_requests = requests if same_period else 0
     charged_tokens = tokens if same_period else 0
+    if status is None:
+        status = Reservation.Status.SETTLED if requests or tokens else Reservation.Status.RELEASED
     closed = held.update(
-        status=Reservation.Status.SETTLED if requests or tokens else Reservation.Status.RELEASED,
+        status=status,
         requests_charged=charged_requests,
         tokens_charged=charged_tokens,
         closed_at=now,
@@ -396,52 +377,25 @@ def _close(
     now: datetime | None,
 ) -> bool:
     """Close a held reservation once: leave reserved, charge used if the period is the same."""
-    if requests < 0 or tokens < 0:
-        raise ValueError("requests and tokens must not be negative")
-    now = now or timezone.now()
     reservation = (
-        Reservation.objects.filter(pk=reservation_id)
-        .values("user_id", "tokens", "period_started_at", "status")
+        Reservation.objects.select_related("user")
+        .filter(pk=reservation_id, status=Reservation.Status.HELD)
         .first()
     )
-    if reservation is None or reservation["status"] != Reservation.Status.HELD:
+    if reservation is None:
         return False
     with transaction.atomic():
-        # Lock the quota first (the same order as quota_reserve: quota, then reservation).
-        quota = (
-            Quota.objects.select_for_update()
-            .filter(user_id=reservation["user_id"])
-            .values("pk", "period_started_at")
-            .first()
-        )
-        same_period = (
-            quota is not None and quota["period_started_at"] == reservation["period_started_at"]
-        )
-        charged_requests = requests if same_period else 0
-        charged_tokens = tokens if same_period else 0
-        closed = Reservation.objects.filter(
-            pk=reservation_id, status=Reservation.Status.HELD
-        ).update(
-            status=status,
-            requests_charged=charged_requests,
-            tokens_charged=charged_tokens,
-            closed_at=now,
-        )
-        if not closed:
-            return False  # closed by someone else meanwhile: nothing changes
-        if quota is not None:
-            Quota.objects.filter(pk=quota["pk"]).update(
-                requests_reserved=Greatest(
-                    F("requests_reserved") - 1, 0, output_field=IntegerField()
-                ),
-                tokens_reserved=Greatest(
-                    F("tokens_reserved") - reservation["tokens"], 0, output_field=BigIntegerField()
-                ),
-                requests_used=F("requests_used") + charged_requests,
-                tokens_used=F("tokens_used") + charged_tokens,
-                updated_at=now,
+        return (
+            quota_settle_locked(
+                user=reservation.user,
+                reservation_id=reservation_id,
+                requests=requests,
+                tokens=tokens,
+                now=now,
+                status=status,
             )
-    return True
+            is not None
+        )
 
 
 def quota_settle(

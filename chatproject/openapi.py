@@ -5,7 +5,7 @@ Every error the API answers is ``{"detail", "code", "errors"?}`` (see
 client (or a schema fuzzer) reading ``/api/v1/schema/`` would not know that a malformed
 body answers 400, a missing token 401, a session write without its CSRF token 403, and
 another user's id 404. :class:`ErrorResponsesAutoSchema` adds those responses with the
-shared :class:`ErrorSerializer`; the REST views use it through their ``schema`` attribute.
+shared :class:`ErrorSerializer`; it is DRF's ``DEFAULT_SCHEMA_CLASS``.
 """
 
 from __future__ import annotations

@@ -9,8 +9,6 @@ from rest_framework import generics, serializers
 from rest_framework.request import Request
 
 from chatproject.errors import InvalidRequest
-from chatproject.openapi import ErrorResponsesAutoSchema
-from chatproject.parsers import SafeJSONParser
 from conversations import selectors, services
 from conversations.models import Context, Conversation, Message
 from conversations.serializers import (
@@ -42,8 +40,6 @@ def choice_query_param(request: Request, name: str, choices: list[str]) -> str |
 
 
 class ContextListCreateApi(generics.ListCreateAPIView):
-    schema = ErrorResponsesAutoSchema()
-    parser_classes = [SafeJSONParser]
     serializer_class = ContextSerializer
 
     def get_queryset(self) -> QuerySet[Context]:
@@ -56,8 +52,6 @@ class ContextListCreateApi(generics.ListCreateAPIView):
 
 
 class ContextDetailApi(generics.RetrieveUpdateDestroyAPIView):
-    schema = ErrorResponsesAutoSchema()
-    parser_classes = [SafeJSONParser]
     serializer_class = ContextSerializer
     http_method_names = ["get", "patch", "delete", "head", "options"]
 
@@ -79,8 +73,6 @@ class ContextDetailApi(generics.RetrieveUpdateDestroyAPIView):
     ]
 )
 class ConversationListApi(generics.ListAPIView):
-    schema = ErrorResponsesAutoSchema()
-    parser_classes = [SafeJSONParser]
     serializer_class = ConversationSerializer
 
     def get_queryset(self) -> QuerySet[Conversation]:
@@ -89,8 +81,6 @@ class ConversationListApi(generics.ListAPIView):
 
 
 class ConversationDetailApi(generics.RetrieveUpdateDestroyAPIView):
-    schema = ErrorResponsesAutoSchema()
-    parser_classes = [SafeJSONParser]
     serializer_class = ConversationSerializer
     http_method_names = ["get", "patch", "delete", "head", "options"]
 
@@ -110,8 +100,6 @@ class ConversationDetailApi(generics.RetrieveUpdateDestroyAPIView):
 class ConversationMessagesApi(generics.ListAPIView):
     """Messages of one conversation, oldest first."""
 
-    schema = ErrorResponsesAutoSchema()
-    parser_classes = [SafeJSONParser]
     serializer_class = MessageSerializer
 
     def get_queryset(self) -> QuerySet[Message]:
@@ -124,8 +112,6 @@ class ConversationMessagesApi(generics.ListAPIView):
 class MessageDetailApi(generics.RetrieveAPIView):
     """One message (its status, content so far, usage)."""
 
-    schema = ErrorResponsesAutoSchema()
-    parser_classes = [SafeJSONParser]
     serializer_class = MessageSerializer
 
     def get_object(self) -> Message:

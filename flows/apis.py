@@ -7,8 +7,6 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers
 
-from chatproject.openapi import ErrorResponsesAutoSchema
-from chatproject.parsers import SafeJSONParser
 from conversations.apis import choice_query_param, uuid_query_param
 from conversations.selectors import context_get
 from flows import selectors, services
@@ -21,8 +19,6 @@ _PRIORITY = OpenApiParameter("priority", str, enum=Flow.Priority.values)
 
 @extend_schema(parameters=[OpenApiParameter("context_id", OpenApiTypes.UUID), _STATUS, _PRIORITY])
 class FlowListApi(generics.ListAPIView):
-    schema = ErrorResponsesAutoSchema()
-    parser_classes = [SafeJSONParser]
     serializer_class = FlowSerializer
 
     def get_queryset(self) -> QuerySet[Flow]:
@@ -39,8 +35,6 @@ class FlowListApi(generics.ListAPIView):
 class ContextFlowListApi(generics.ListAPIView):
     """Flows of one context."""
 
-    schema = ErrorResponsesAutoSchema()
-    parser_classes = [SafeJSONParser]
     serializer_class = FlowSerializer
 
     def get_queryset(self) -> QuerySet[Flow]:
@@ -53,8 +47,6 @@ class ContextFlowListApi(generics.ListAPIView):
 
 
 class FlowDetailApi(generics.RetrieveUpdateDestroyAPIView):
-    schema = ErrorResponsesAutoSchema()
-    parser_classes = [SafeJSONParser]
     serializer_class = FlowSerializer
     http_method_names = ["get", "patch", "delete", "head", "options"]
 
