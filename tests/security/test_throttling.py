@@ -37,3 +37,21 @@ def test_anonymous_callers_of_public_views_are_throttled(anon_api, monkeypatch):
     throttled = anon_api.get("/api/v1/schema/")
     assert throttled.status_code == 429 and int(throttled["Retry-After"]) >= 1
     assert throttled.data["code"] == "throttled"
+
+
+def test_bad_credentials_on_the_stream_endpoint_are_throttled_too(client, settings):
+    settings.AUTH_FAILURES_PER_MINUTE = 2
+
+    def post():
+        return client.post(
+            "/api/v1/conversations/stream",
+            data="{}",
+            content_type="application/json",
+            HTTP_AUTHORIZATION="Token not-a-real-key",
+        )
+
+    assert [post().status_code for _ in range(2)] == [401, 401]
+    throttled = post()
+    assert throttled.status_code == 429
+    assert throttled.json()["code"] == "too_many_authentication_failures"
+    assert 1 <= int(throttled["Retry-After"]) <= 60
