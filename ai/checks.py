@@ -8,6 +8,7 @@ ai.E004    OIDC half configured: issuer without JWKS endpoint, or the reverse
 ai.E005    OIDC bearer auth on (issuer and JWKS set) without ``OIDC_API_AUDIENCE``
 ai.E006    ``QUOTA_PERIOD`` not one of ``day``, ``week``, ``month``, ``none``
 ai.E007    ``AI_TIMEOUT_SECONDS`` or ``AI_MAX_OUTPUT_TOKENS`` not positive
+ai.E008    ``AI_HTTP_CLIENT`` not one of ``aiohttp``, ``httpx``
 =========  ==================================================================
 
 A keyless OpenAI-compatible server (a local model server) needs only
@@ -22,6 +23,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, register
 
 from ai.providers import PROVIDER_NAMES, configured_provider_name
+from ai.providers._clients import HTTP_CLIENTS
 
 QUOTA_PERIODS = ("day", "week", "month", "none")
 
@@ -78,6 +80,16 @@ def check_ai_provider(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
                 "AI_TIMEOUT_SECONDS and AI_MAX_OUTPUT_TOKENS must be positive numbers.",
                 hint="Set AI_TIMEOUT_SECONDS (e.g. 30) and AI_MAX_OUTPUT_TOKENS (e.g. 1024).",
                 id="ai.E007",
+            )
+        )
+    http_client = str(_setting("AI_HTTP_CLIENT", "aiohttp") or "aiohttp").strip().lower()
+    if http_client not in HTTP_CLIENTS:
+        errors.append(
+            Error(
+                f"AI_HTTP_CLIENT is set to {http_client!r}, which is not an HTTP client "
+                "this server knows.",
+                hint="Set AI_HTTP_CLIENT to one of: " + ", ".join(HTTP_CLIENTS) + ".",
+                id="ai.E008",
             )
         )
     return errors

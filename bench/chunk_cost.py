@@ -2,15 +2,20 @@
 
 Usage::
 
-    .venv/bin/python bench/chunk_cost.py [--chunks 2000] [--repeat 5]
+    .venv/bin/python bench/chunk_cost.py [--chunks 2000] [--repeat 5] [--paced MS]
 
 For each adapter (mock, OpenAI, Anthropic) one reply of ``--chunks`` text chunks is
 streamed through ``stream_reply`` and the CPU time of the event loop's thread
 (``time.thread_time``, so the fake server's thread does not count) is divided by the
-number of chunks; the best of ``--repeat`` runs is shown. For comparison, the same
-streams are read the naive way, iterating the SDK's typed chunk/event objects, and the
-"floor" row only reads the body bytes (httpx2 and h11 decoding one HTTP chunk per event,
-as the real APIs send them), which is what no adapter can go below.
+number of chunks; the best of ``--repeat`` runs is shown. Each real adapter is measured
+on both SDK HTTP clients (``AI_HTTP_CLIENT``: aiohttp, the default, and httpx). For
+comparison, the same streams are read the naive way, iterating the SDK's typed
+chunk/event objects, and the "floor" row only reads the body bytes through the SDK's
+default httpx2 client (h11 decoding one HTTP chunk per event, as the real APIs send them).
+
+``--paced MS`` makes the fake servers wait MS milliseconds between chunks, so that every
+chunk is its own read, as with a real model streaming tokens; unpaced, one read carries
+many chunks and the per-read costs (the HTTP client's) are shared.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ django.setup()
 import anthropic  # noqa: E402
 import openai  # noqa: E402
 
+from ai.providers._clients import HTTP_CLIENTS  # noqa: E402
 from ai.providers.anthropic import AnthropicProvider  # noqa: E402
 from ai.providers.base import ChatMessage, StreamEnd  # noqa: E402
 from ai.providers.mock import MockProvider  # noqa: E402
@@ -82,8 +88,9 @@ async def _measure(run: Callable[[], Awaitable[int]], chunks: int, repeat: int) 
     return best
 
 
-async def main(chunks: int, repeat: int) -> list[tuple[str, float]]:
+async def main(chunks: int, repeat: int, paced_ms: float = 0.0) -> list[tuple[str, float]]:
     tokens = [f" w{i % 97}" for i in range(chunks)]
+    delay = paced_ms / 1000.0
     messages = [ChatMessage("user", f"[[mock:long:{chunks}]]")]
     rows: list[tuple[str, float]] = []
 
@@ -96,14 +103,17 @@ async def main(chunks: int, repeat: int) -> list[tuple[str, float]]:
     )
 
     with FakeOpenAIServer() as server:
-        server.default = OpenAIScript(tokens=tokens)
-        ours = OpenAIProvider(model="gpt-4o-mini", api_key=KEY, base_url=server.base_url)
-        rows.append(
-            (
-                "openai: stream_reply (raw SSE + json.loads)",
-                await _measure(_replying(ours, messages, chunks), chunks, repeat),
+        server.default = OpenAIScript(tokens=tokens, token_delay=delay)
+        for kind in HTTP_CLIENTS:
+            ours = OpenAIProvider(
+                model="gpt-4o-mini", api_key=KEY, base_url=server.base_url, http_client=kind
             )
-        )
+            rows.append(
+                (
+                    f"openai: stream_reply (raw SSE + json.loads), {kind}",
+                    await _measure(_replying(ours, messages, chunks), chunks, repeat),
+                )
+            )
         client = openai.AsyncOpenAI(api_key=KEY, base_url=server.base_url)
 
         async def naive_openai() -> int:
@@ -135,14 +145,17 @@ async def main(chunks: int, repeat: int) -> list[tuple[str, float]]:
         )
 
     with FakeAnthropicServer() as server:
-        server.default = AnthropicScript(tokens=tokens)
-        claude = AnthropicProvider(model="claude-sonnet-4-6", api_key=KEY, base_url=server.base_url)
-        rows.append(
-            (
-                "anthropic: stream_reply (raw SSE + json.loads)",
-                await _measure(_replying(claude, messages, chunks), chunks, repeat),
+        server.default = AnthropicScript(tokens=tokens, token_delay=delay)
+        for kind in HTTP_CLIENTS:
+            claude = AnthropicProvider(
+                model="claude-sonnet-4-6", api_key=KEY, base_url=server.base_url, http_client=kind
             )
-        )
+            rows.append(
+                (
+                    f"anthropic: stream_reply (raw SSE + json.loads), {kind}",
+                    await _measure(_replying(claude, messages, chunks), chunks, repeat),
+                )
+            )
         aclient = anthropic.AsyncAnthropic(api_key=KEY, base_url=server.base_url)
 
         async def naive_anthropic() -> int:
@@ -165,9 +178,10 @@ async def main(chunks: int, repeat: int) -> list[tuple[str, float]]:
     return rows
 
 
-def _print(rows: list[tuple[str, float]], chunks: int) -> None:
+def _print(rows: list[tuple[str, float]], chunks: int, paced_ms: float) -> None:
     width = max(len(name) for name, _ in rows)
-    print(f"CPU per relayed chunk, {chunks} chunks, best of runs (time.thread_time)")
+    pace = f", {paced_ms:g} ms apart" if paced_ms else ", unpaced"
+    print(f"CPU per relayed chunk, {chunks} chunks{pace}, best of runs (time.thread_time)")
     print(f"{'adapter'.ljust(width)}  µs/chunk")
     print(f"{'-' * width}  --------")
     for name, micros in rows:
@@ -178,5 +192,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chunks", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--paced", type=float, default=0.0, metavar="MS")
     args = parser.parse_args()
-    _print(asyncio.run(main(args.chunks, args.repeat)), args.chunks)
+    _print(asyncio.run(main(args.chunks, args.repeat, args.paced)), args.chunks, args.paced)

@@ -235,6 +235,9 @@ ANTHROPIC_BASE_URL = env.str("ANTHROPIC_BASE_URL", default="")
 AI_TIMEOUT_SECONDS = env.float("AI_TIMEOUT_SECONDS", default=30.0)
 AI_MAX_OUTPUT_TOKENS = env.int("AI_MAX_OUTPUT_TOKENS", default=1024)
 AI_MAX_RETRIES = env.int("AI_MAX_RETRIES", default=2)
+# The SDKs' HTTP client: "aiohttp" (their DefaultAioHttpClient, half the CPU per streamed
+# chunk) or "httpx" (their default httpx2 client). See ai/providers/_clients.py.
+AI_HTTP_CLIENT = env.str("AI_HTTP_CLIENT", default="aiohttp").strip().lower()
 MOCK_TOKEN_DELAY_MS = env.float("MOCK_TOKEN_DELAY_MS", default=30.0)
 
 # --- Chat ----------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ _SETTINGS_USED = frozenset(
         "AI_MODEL",
         "AI_TIMEOUT_SECONDS",
         "AI_MAX_RETRIES",
+        "AI_HTTP_CLIENT",
         "OPENAI_API_KEY",
         "OPENAI_BASE_URL",
         "ANTHROPIC_API_KEY",
@@ -59,6 +60,7 @@ def _build(name: str) -> Provider:
     model = (getattr(settings, "AI_MODEL", "") or "").strip() or DEFAULT_MODELS.get(name, "")
     timeout = float(getattr(settings, "AI_TIMEOUT_SECONDS", 30.0))
     max_retries = int(getattr(settings, "AI_MAX_RETRIES", 2))
+    http_client = str(getattr(settings, "AI_HTTP_CLIENT", "aiohttp") or "aiohttp").strip().lower()
     if name == "mock":
         from ai.providers.mock import MockProvider
 
@@ -78,6 +80,7 @@ def _build(name: str) -> Provider:
             base_url=base_url or None,
             timeout=timeout,
             max_retries=max_retries,
+            http_client=http_client,
         )
     if name == "anthropic":
         api_key = getattr(settings, "ANTHROPIC_API_KEY", "") or ""
@@ -91,6 +94,7 @@ def _build(name: str) -> Provider:
             base_url=getattr(settings, "ANTHROPIC_BASE_URL", "") or None,
             timeout=timeout,
             max_retries=max_retries,
+            http_client=http_client,
         )
     raise AINotConfigured()
 

@@ -97,6 +97,21 @@ def map_status(status_code: int, *, retry_after: int | None = None) -> AIError:
     return AIError()
 
 
+def _connection_failed(exc: BaseException) -> bool:
+    """True when a "timeout" was really a failed connection (refused, unreachable).
+
+    The SDKs' aiohttp transport reports every connector error as ``httpx2.ConnectTimeout``;
+    the ``OSError`` that aiohttp raised is still in the cause chain.
+    """
+    seen = 0
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and seen < 8:
+        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
+            return True
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    return False
+
+
 def map_provider_error(exc: BaseException, *, provider: str, sdk: SdkErrors) -> AIError:
     """Map an SDK or transport exception to our error family, and log what happened.
 
@@ -113,7 +128,7 @@ def map_provider_error(exc: BaseException, *, provider: str, sdk: SdkErrors) -> 
         retry_after = retry_after_seconds(getattr(response, "headers", None))
         error = map_status(int(status_code or 0), retry_after=retry_after)
     elif isinstance(exc, (sdk.timeout, *_TIMEOUT_ERRORS)):
-        error = AITimeout()
+        error = AIUnavailable() if _connection_failed(exc) else AITimeout()
     elif isinstance(exc, (sdk.connection, *_TRANSPORT_ERRORS)):
         error = AIUnavailable()
     else:

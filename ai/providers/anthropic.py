@@ -26,7 +26,7 @@ from typing import Any
 import anthropic
 
 from ai.errors import AIError, AIStreamIncomplete
-from ai.providers._clients import LoopClients, post_json
+from ai.providers._clients import AIOHTTP, LoopClients, post_json, sdk_http_client
 from ai.providers._errors import SdkErrors, map_provider_error, map_stream_error_event
 from ai.providers._sse import drain, iter_sse_events
 from ai.providers.base import (
@@ -87,6 +87,7 @@ class AnthropicProvider:
         base_url: str | None = None,
         timeout: float = 30.0,
         max_retries: int = 2,
+        http_client: str = AIOHTTP,
     ) -> None:
         self.model = model
         self._api_key = api_key
@@ -99,6 +100,7 @@ class AnthropicProvider:
                 base_url=self._base_url,
                 timeout=self._timeout,
                 max_retries=self._max_retries,
+                http_client=sdk_http_client(anthropic, http_client),
             )
         )
 

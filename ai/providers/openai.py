@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import openai
 
 from ai.errors import AIError, AIStreamIncomplete
-from ai.providers._clients import LoopClients, post_json
+from ai.providers._clients import AIOHTTP, LoopClients, post_json, sdk_http_client
 from ai.providers._errors import SdkErrors, map_provider_error, map_stream_error_event
 from ai.providers._sse import drain, iter_sse_events
 from ai.providers.base import (
@@ -100,6 +100,7 @@ class OpenAIProvider:
         base_url: str | None = None,
         timeout: float = 30.0,
         max_retries: int = 2,
+        http_client: str = AIOHTTP,
     ) -> None:
         self.model = model
         self._api_key = api_key
@@ -115,6 +116,7 @@ class OpenAIProvider:
                 base_url=self._base_url,
                 timeout=self._timeout,
                 max_retries=self._max_retries,
+                http_client=sdk_http_client(openai, http_client),
             )
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -172,7 +173,8 @@ async def test_closing_the_generator_closes_the_response(anthropic_server):
     )
     assert [await anext(stream) for _ in range(2)] == [" t0", " t1"]
     await stream.aclose()
-    assert anthropic_server.disconnected.wait(3.0)
+    # The socket closes on the next turn of the loop: wait without blocking it.
+    assert await asyncio.to_thread(anthropic_server.disconnected.wait, 3.0)
 
 
 # --- structured extraction ----------------------------------------------------------------------

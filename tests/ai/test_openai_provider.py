@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -249,7 +250,8 @@ async def test_closing_the_generator_closes_the_response(openai_server):
     received = [await anext(stream) for _ in range(3)]
     assert received == [" t0", " t1", " t2"]
     await stream.aclose()
-    assert openai_server.disconnected.wait(3.0)
+    # The socket closes on the next turn of the loop: wait without blocking it.
+    assert await asyncio.to_thread(openai_server.disconnected.wait, 3.0)
 
 
 # --- structured extraction --------------------------------------------------------------------
