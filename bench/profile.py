@@ -81,12 +81,18 @@ def aggregate(raw: Path, top: int) -> tuple[int, list[tuple[str, int]], list[tup
     return samples, own.most_common(top), total.most_common(top)
 
 
+#: Only sample the thread that holds the GIL (``--gil``): Python CPU, without the threads
+#: that wait on a lock in C (SQLite's busy handler looks busy to py-spy).
+GIL_ONLY: list[bool] = [False]
+
+
 def record(pid: int, seconds: float, out: Path, fmt: str) -> subprocess.Popen[bytes]:
     pyspy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
     return subprocess.Popen(
         [
             pyspy,
             "record",
+            *(["--gil"] if GIL_ONLY[0] else []),
             "--pid",
             str(pid),
             "--duration",
@@ -170,9 +176,13 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--no-extraction", action="store_true")
     parser.add_argument(
+        "--gil", action="store_true", help="sample only the thread holding the GIL (CPU)"
+    )
+    parser.add_argument(
         "--from-raw", action="store_true", help="only re-read bench/results/profile-*.txt"
     )
     args = parser.parse_args()
+    GIL_ONLY[0] = args.gil
     if args.from_raw:
         for name in ("chunks", "turns"):
             samples, own, total = aggregate(RESULTS / f"profile-{name}.txt", args.top)

@@ -296,8 +296,10 @@ LOGGING = {
 }
 
 # Threads (and so database connections) that streaming turns use for their DB units.
-# SQLite has one writer at a time: more threads only queue on its lock (sleeping retries,
-# a page cache each), so 2 there; 8 on PostgreSQL.
+# SQLite has one writer at a time and nearly every unit of a turn writes: a second thread
+# only queues on its lock (sleeping retries, a page cache each) and fights the event loop
+# for the GIL, so 1 there (18% less CPU per short turn at 50 concurrent turns than with 2,
+# bench/run.py --quick, A/B in one sitting); 8 on PostgreSQL.
 DB_THREADS = env.int(
-    "DB_THREADS", default=2 if _db["ENGINE"] == "django.db.backends.sqlite3" else 8
+    "DB_THREADS", default=1 if _db["ENGINE"] == "django.db.backends.sqlite3" else 8
 )
