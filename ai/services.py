@@ -9,7 +9,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from ai.models import UsageRecord
 
 
-def usage_record_create(
+def usage_record_build(
     *,
     user: AbstractBaseUser,
     provider: str,
@@ -26,7 +26,8 @@ def usage_record_create(
     conversation: Any = None,
     message: Any = None,
 ) -> UsageRecord:
-    """Write one line of the usage ledger for one AI call (a reply or a flow extraction).
+    """One line of the usage ledger for one AI call (a reply or a flow extraction), unsaved:
+    :func:`usage_records_create` writes several in one INSERT.
 
     ``purpose`` is a :class:`UsageRecord.Purpose` (``reply``, ``extraction``), ``outcome`` a
     :class:`UsageRecord.Outcome` (``complete``, ``cancelled``, ``failed``,
@@ -38,7 +39,7 @@ def usage_record_create(
         raise ValueError(f"Unknown usage purpose {purpose!r}.")
     if outcome not in UsageRecord.Outcome.values:
         raise ValueError(f"Unknown usage outcome {outcome!r}.")
-    return UsageRecord.objects.create(
+    return UsageRecord(
         user=user,
         provider=provider[:32],
         model=(model or "")[:128],
@@ -54,3 +55,15 @@ def usage_record_create(
         conversation=conversation,
         message=message,
     )
+
+
+def usage_records_create(records: list[UsageRecord]) -> list[UsageRecord]:
+    """Write ledger lines built by :func:`usage_record_build`, in one INSERT."""
+    return UsageRecord.objects.bulk_create(records)
+
+
+def usage_record_create(**fields: Any) -> UsageRecord:
+    """Write one line of the usage ledger (the arguments of :func:`usage_record_build`)."""
+    record = usage_record_build(**fields)
+    record.save(force_insert=True)
+    return record

@@ -279,7 +279,7 @@ def turn_finish(
     (see :func:`reply_tokens_charged`). Returns the stored flows and the quota afterwards.
     """
     from ai.quota import quota_settle_locked, quota_snapshot
-    from ai.services import usage_record_create
+    from ai.services import usage_record_build, usage_records_create
 
     message = turn.assistant_message
     ledger = {
@@ -303,31 +303,36 @@ def turn_finish(
             updated_at=timezone.now(),
         )
         tokens = reply_tokens_charged(outcome)
-        usage_record_create(
-            **ledger,
-            purpose="reply",
-            input_tokens=outcome.usage.input_tokens,
-            output_tokens=outcome.usage.output_tokens,
-            estimated=outcome.usage.estimated,
-            tokens_charged=tokens,
-            outcome=outcome.status,
-            error_code=outcome.error_code,
-            duration_ms=outcome.duration_ms,
-        )
+        ledger_lines = [
+            usage_record_build(
+                **ledger,
+                purpose="reply",
+                input_tokens=outcome.usage.input_tokens,
+                output_tokens=outcome.usage.output_tokens,
+                estimated=outcome.usage.estimated,
+                tokens_charged=tokens,
+                outcome=outcome.status,
+                error_code=outcome.error_code,
+                duration_ms=outcome.duration_ms,
+            )
+        ]
         flows = flows_store(message=message, context_id=turn.context_id, drafts=drafts)
         if extraction_usage is not None or extraction_error:
             used = extraction_usage or Usage()
             tokens += used.total
-            usage_record_create(
-                **ledger,
-                purpose="extraction",
-                input_tokens=used.input_tokens,
-                output_tokens=used.output_tokens,
-                estimated=used.estimated,
-                tokens_charged=used.total,
-                outcome="failed" if extraction_error else "complete",
-                error_code=extraction_error,
+            ledger_lines.append(
+                usage_record_build(
+                    **ledger,
+                    purpose="extraction",
+                    input_tokens=used.input_tokens,
+                    output_tokens=used.output_tokens,
+                    estimated=used.estimated,
+                    tokens_charged=used.total,
+                    outcome="failed" if extraction_error else "complete",
+                    error_code=extraction_error,
+                )
             )
+        usage_records_create(ledger_lines)  # one INSERT for the reply and the extraction
         complete = outcome.status == Message.Status.COMPLETE
         quota = quota_settle_locked(
             user=message.user,
