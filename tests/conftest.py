@@ -16,6 +16,22 @@ def _close_db_pool_connections(django_db_setup, django_db_blocker):
     yield
     with django_db_blocker.unblock():
         db_pool_close()
+        _end_other_sessions()
+
+
+def _end_other_sessions() -> None:
+    """On PostgreSQL, end what else is still connected to the test database (a connection
+    kept by a thread of asgiref's or by a server process being stopped), so that dropping
+    it does not fail with "being accessed by other users"."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
 
 
 @pytest.fixture
