@@ -7,8 +7,15 @@ from typing import Any
 from django.core.validators import RegexValidator
 from rest_framework import serializers
 
-#: "Not only whitespace", as the schema's ``pattern`` (JSON Schema patterns are unanchored).
-_NOT_BLANK = RegexValidator(r"\S", message="This field may not be blank.")
+#: "Not only whitespace", as the schema's ``pattern`` (JSON Schema patterns are unanchored):
+#: one character outside what ``str.strip()`` (DRF's trimming) removes, which is exactly
+#: ``str.isspace()``. Spelled out, because ``\S`` means something else in the JSON Schema
+#: (ECMAScript) dialect: there U+001C-U+001F and U+0085 are not whitespace, so ``"\x1c"``
+#: would be schema-valid and yet trimmed to nothing here (found by the schema fuzzer).
+NOT_BLANK_PATTERN = (
+    r"[^\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+)
+_NOT_BLANK = RegexValidator(NOT_BLANK_PATTERN, message="This field may not be blank.")
 
 
 class StrictCharField(serializers.CharField):
@@ -18,8 +25,8 @@ class StrictCharField(serializers.CharField):
     the schema says ``string``, so anything else answers 400 naming the field. The length
     limit holds for the text as sent, before surrounding whitespace is trimmed, as the
     schema's ``maxLength`` says. A field that may not be blank (the default) carries the
-    pattern ``\\S`` in the schema: text made only of whitespace is trimmed to nothing and
-    refused, so the schema must not call it valid.
+    pattern :data:`NOT_BLANK_PATTERN` in the schema: text made only of whitespace is
+    trimmed to nothing and refused, so the schema must not call it valid.
     """
 
     default_error_messages = {"not_a_string": "Not a valid string."}
