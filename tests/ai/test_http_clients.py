@@ -19,7 +19,7 @@ from ai.providers import get_provider
 from ai.providers._clients import _aiohttp_sessions
 from ai.providers.base import ChatMessage
 from tests.fakes.fixtures import FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY, collect
-from tests.fakes.openai_server import OpenAIScript, rate_limited
+from tests.fakes.openai_server import FakeOpenAIServer, OpenAIScript, rate_limited
 
 HISTORY = [ChatMessage("user", "Plan my day")]
 
@@ -135,3 +135,78 @@ async def test_anthropic_uses_aiohttp_by_default(settings, anthropic_server):
     assert result.deltas == ["Hi", " there"]
     assert type(_transport(provider)).__name__ == "AiohttpTransport"
     assert not isinstance(_transport(provider), httpx2.AsyncHTTPTransport)
+
+
+def _self_signed(directory) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and localhost, and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_file), str(key_file)
+
+
+@pytest.mark.parametrize("kind", ["aiohttp", "httpx"])
+async def test_each_client_streams_over_tls_and_checks_the_certificate(
+    settings, tmp_path, monkeypatch, kind
+):
+    """Real providers are HTTPS: the certificate is verified (a trusted one streams, an
+    unknown one is refused as unavailable, never accepted)."""
+    cert_file, key_file = _self_signed(tmp_path)
+    with FakeOpenAIServer().enable_tls(cert_file, key_file) as server:
+        settings.AI_PROVIDER = "openai"
+        settings.OPENAI_API_KEY = FAKE_OPENAI_KEY
+        settings.OPENAI_BASE_URL = server.base_url
+        settings.AI_MAX_RETRIES = 0
+        settings.AI_HTTP_CLIENT = kind
+        assert server.base_url.startswith("https://")
+
+        monkeypatch.setenv("SSL_CERT_FILE", cert_file)  # read when the client is built
+        server.push(OpenAIScript(tokens=["Secure", " hello"]))
+        result = await collect(get_provider(), HISTORY)
+        assert result.error is None and result.deltas == ["Secure", " hello"]
+
+        monkeypatch.delenv("SSL_CERT_FILE")
+        monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "nothing-trusted-here"))
+        settings.AI_TIMEOUT_SECONDS = 5.0  # a new provider and client, without the cert
+        refused = await collect(get_provider(), HISTORY)
+        chain, cause = [], refused.error.__cause__
+        while cause is not None and len(chain) < 8:
+            chain.append(repr(cause))
+            cause = cause.__cause__ or cause.__context__
+        assert any("CERTIFICATE_VERIFY_FAILED" in link for link in chain), chain
+        assert isinstance(refused.error, AIUnavailable)
+        assert len(server.requests) == 1

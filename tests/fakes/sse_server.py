@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -147,6 +148,7 @@ class FakeServer:
         self._httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.fake = self
         self._thread: threading.Thread | None = None
+        self.scheme = "http"
 
     @property
     def port(self) -> int:
@@ -154,8 +156,16 @@ class FakeServer:
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:<port>``."""
-        return f"http://127.0.0.1:{self.port}"
+        """``http://127.0.0.1:<port>`` (``https`` after :meth:`enable_tls`)."""
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def enable_tls(self, certfile: str, keyfile: str) -> FakeServer:
+        """Serve HTTPS with this certificate and key (call before :meth:`start`)."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certfile, keyfile)
+        self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+        self.scheme = "https"
+        return self
 
     def start(self) -> FakeServer:
         self._thread = threading.Thread(
