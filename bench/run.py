@@ -54,12 +54,25 @@ from bench.load import Target, run_load, summarize  # noqa: E402
 PY = sys.executable
 RESULTS = ROOT / "bench" / "results"
 CHART = ROOT / "docs" / "bench.png"
+CHART_PINNED = ROOT / "docs" / "bench-pinned.png"  # --pin
 RUN_BUDGET_S = 285.0  # phases that would start after this are skipped
 PACE_MS = 10.0
 LONG, SHORT = 200, 5
 IDLE_S = 3.0
 CLIENT = {"kind": "raw"}  # the load generator's HTTP client: "raw" or "httpx"
 IDLE: dict[str, float] = {}  # CPU ms per second of each server when idle
+#: ``--pin``: the cores of the servers measured, and of the rest (load generator, upstream).
+PIN: dict[str, set[int] | None] = {"servers": None, "harness": None}
+
+
+def pin_cores() -> tuple[set[int], set[int]]:
+    """``--pin``: the measured servers share the last core; the load generator and the
+    upstream get the others. A Python server is one GIL; on one core its event loop and
+    its database thread stop handing the GIL (and their caches) across cores."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        raise SystemExit("--pin needs at least two cores")
+    return {cores[-1]}, set(cores[:-1])
 
 
 def free_port() -> int:
@@ -84,8 +97,15 @@ class Server:
     def start(self, logdir: Path, timeout: float = 40.0) -> Server:
         self.log_path = logdir / f"{self.name}.log"
         log = self.log_path.open("wb")
+        cores = PIN["harness"] if self.name == "upstream" else PIN["servers"]
         self.process = subprocess.Popen(
-            self.cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            self.cmd,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # Before exec, so that every thread the server starts inherits it.
+            preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,
         )
         self.ps = psutil.Process(self.process.pid)
         deadline = time.monotonic() + timeout
@@ -508,9 +528,10 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylabel("CPU ms")
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
+    pinned = ", servers pinned to one core (--pin)" if PIN["servers"] else ""
     fig.suptitle(
         f"Streaming relay cost, {LONG} tokens at {PACE_MS:g} ms, one process per server, "
-        f"{psutil.cpu_count()} cores"
+        f"{psutil.cpu_count()} cores{pinned}"
     )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -598,6 +619,11 @@ def main() -> None:
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, DB)")
     parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="every measured server on the last core, load generator and upstream on the others",
+    )
+    parser.add_argument(
         "--cluster",
         action="store_true",
         help="one daphne vs two behind nginx, on PostgreSQL + Redis (bench/cluster_mode.py)",
@@ -612,6 +638,9 @@ def main() -> None:
         return
     started = time.monotonic()
     CLIENT["kind"] = args.client
+    if args.pin:
+        PIN["servers"], PIN["harness"] = pin_cores()
+        os.sched_setaffinity(0, PIN["harness"])
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
     base_env.pop("DATABASE_URL", None)
@@ -684,6 +713,7 @@ def main() -> None:
         "channel_layer": "redis" if args.redis else "in-memory",
         "quick": args.quick,
         "client": args.client,
+        "pin": sorted(PIN["servers"]) if PIN["servers"] else None,
         "pace_ms": PACE_MS,
         "upstream_stats": stats,
         "elapsed_s": round(time.monotonic() - started, 1),
@@ -697,7 +727,13 @@ def main() -> None:
             f"{meta['date']}, {meta['machine']}; product DB {meta['database']}, channel layer "
             f"{meta['channel_layer']}; upstream pace {PACE_MS:g} ms per token, one token per "
             f"chunk; run took {meta['elapsed_s']} s (`python bench/run.py"
-            f"{' --quick' if args.quick else ''}`).",
+            f"{' --quick' if args.quick else ''}{' --pin' if args.pin else ''}`)"
+            + (
+                f"; servers pinned to core {sorted(PIN['servers'])}, load generator and "
+                f"upstream to {sorted(PIN['harness'])}."
+                if args.pin
+                else "."
+            ),
             "",
             "CPU is the server process's user + system time over the phase, per 1,000 tokens "
             "received by the clients; x starlette / x django are ratios to the references at "
@@ -724,10 +760,11 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.md").write_text(md)
     (RESULTS / "latest.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    chart(rows, CHART)
+    chart_path = CHART_PINNED if args.pin else CHART
+    chart(rows, chart_path)
     print()
     print(md)
-    print(f"Saved {RESULTS / 'latest.md'}, {RESULTS / 'latest.json'} and {CHART}.")
+    print(f"Saved {RESULTS / 'latest.md'}, {RESULTS / 'latest.json'} and {chart_path}.")
 
 
 if __name__ == "__main__":
