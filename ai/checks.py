@@ -22,7 +22,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, register
 
-from ai.providers import PROVIDER_NAMES, configured_provider_name
+from ai.providers import PROVIDER_NAMES, configured_http_client, configured_provider_name
 from ai.providers._clients import HTTP_CLIENTS
 
 QUOTA_PERIODS = ("day", "week", "month", "none")
@@ -82,7 +82,7 @@ def check_ai_provider(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
                 id="ai.E007",
             )
         )
-    http_client = str(_setting("AI_HTTP_CLIENT", "aiohttp") or "aiohttp").strip().lower()
+    http_client = configured_http_client()
     if http_client not in HTTP_CLIENTS:
         errors.append(
             Error(

@@ -88,6 +88,23 @@ async def _measure(run: Callable[[], Awaitable[int]], chunks: int, repeat: int) 
     return best
 
 
+async def _on_each_client(
+    name: str,
+    build: Callable[[str], object],
+    messages: list[ChatMessage],
+    chunks: int,
+    repeat: int,
+) -> list[tuple[str, float]]:
+    """One row per SDK HTTP client (``AI_HTTP_CLIENT``) for the adapter ``build`` makes."""
+    return [
+        (
+            f"{name}: stream_reply (raw SSE + json.loads), {kind}",
+            await _measure(_replying(build(kind), messages, chunks), chunks, repeat),
+        )
+        for kind in HTTP_CLIENTS
+    ]
+
+
 async def main(chunks: int, repeat: int, paced_ms: float = 0.0) -> list[tuple[str, float]]:
     tokens = [f" w{i % 97}" for i in range(chunks)]
     delay = paced_ms / 1000.0
@@ -104,16 +121,15 @@ async def main(chunks: int, repeat: int, paced_ms: float = 0.0) -> list[tuple[st
 
     with FakeOpenAIServer() as server:
         server.default = OpenAIScript(tokens=tokens, token_delay=delay)
-        for kind in HTTP_CLIENTS:
-            ours = OpenAIProvider(
+        rows += await _on_each_client(
+            "openai",
+            lambda kind: OpenAIProvider(
                 model="gpt-4o-mini", api_key=KEY, base_url=server.base_url, http_client=kind
-            )
-            rows.append(
-                (
-                    f"openai: stream_reply (raw SSE + json.loads), {kind}",
-                    await _measure(_replying(ours, messages, chunks), chunks, repeat),
-                )
-            )
+            ),
+            messages,
+            chunks,
+            repeat,
+        )
         client = openai.AsyncOpenAI(api_key=KEY, base_url=server.base_url)
 
         async def naive_openai() -> int:
@@ -146,16 +162,15 @@ async def main(chunks: int, repeat: int, paced_ms: float = 0.0) -> list[tuple[st
 
     with FakeAnthropicServer() as server:
         server.default = AnthropicScript(tokens=tokens, token_delay=delay)
-        for kind in HTTP_CLIENTS:
-            claude = AnthropicProvider(
+        rows += await _on_each_client(
+            "anthropic",
+            lambda kind: AnthropicProvider(
                 model="claude-sonnet-4-6", api_key=KEY, base_url=server.base_url, http_client=kind
-            )
-            rows.append(
-                (
-                    f"anthropic: stream_reply (raw SSE + json.loads), {kind}",
-                    await _measure(_replying(claude, messages, chunks), chunks, repeat),
-                )
-            )
+            ),
+            messages,
+            chunks,
+            repeat,
+        )
         aclient = anthropic.AsyncAnthropic(api_key=KEY, base_url=server.base_url)
 
         async def naive_anthropic() -> int:

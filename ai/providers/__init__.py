@@ -52,6 +52,11 @@ def configured_provider_name() -> str:
     return (str(getattr(settings, "AI_PROVIDER", "") or "mock")).strip().lower()
 
 
+def configured_http_client() -> str:
+    """``settings.AI_HTTP_CLIENT`` normalized (stripped, lower case; empty means aiohttp)."""
+    return (str(getattr(settings, "AI_HTTP_CLIENT", "") or "aiohttp")).strip().lower()
+
+
 def _settings_key() -> tuple[Any, ...]:
     return tuple(getattr(settings, name, None) for name in sorted(_SETTINGS_USED))
 
@@ -60,7 +65,7 @@ def _build(name: str) -> Provider:
     model = (getattr(settings, "AI_MODEL", "") or "").strip() or DEFAULT_MODELS.get(name, "")
     timeout = float(getattr(settings, "AI_TIMEOUT_SECONDS", 30.0))
     max_retries = int(getattr(settings, "AI_MAX_RETRIES", 2))
-    http_client = str(getattr(settings, "AI_HTTP_CLIENT", "aiohttp") or "aiohttp").strip().lower()
+    http_client = configured_http_client()
     if name == "mock":
         from ai.providers.mock import MockProvider
 
@@ -135,6 +140,7 @@ __all__ = [
     "DEFAULT_MODELS",
     "PROVIDER_NAMES",
     "Provider",
+    "configured_http_client",
     "configured_provider_name",
     "get_provider",
     "reset_provider_cache",

@@ -75,9 +75,12 @@ def close_detached(sdk_client: Any) -> None:
 
 
 def _sweep(*, everything: bool = False) -> None:
+    """Close the clients whose loop has closed (``everything``: all of them)."""
+    done, kept = [], []
     with _open_lock:
-        done = [(loop, c) for loop, c in _open if everything or loop.is_closed()]
-        _open[:] = [(loop, c) for loop, c in _open if not (everything or loop.is_closed())]
+        for entry in _open:
+            (done if everything or entry[0].is_closed() else kept).append(entry)
+        _open[:] = kept
     for _, client in done:
         close_detached(client)
 
