@@ -41,10 +41,11 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
-from django.db.models import F, QuerySet
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from ai.models import Quota, Reservation
+from chatproject import sql
 from chatproject.errors import ServiceError
 
 # Retry-After when the period never resets (``none``) and used counters fill the quota.
@@ -265,8 +266,10 @@ def quota_lock(*, user: AbstractBaseUser, now: datetime | None = None) -> Quota:
     write lock of the IMMEDIATE transaction on SQLite.
     """
     now = now or timezone.now()
-    quota = Quota.objects.select_for_update().filter(user=user).first()
-    if quota is None:
+    found = sql.select(Quota, {"user": user.pk}, for_update=True)  # every turn: plain SQL
+    if found:
+        quota = found[0]
+    else:
         quota_get_or_create(user=user, now=now)
         quota = Quota.objects.select_for_update().get(user=user)
     if quota.resets_at is not None and quota.resets_at <= now:
@@ -293,19 +296,27 @@ def quota_reserve_locked(
     refused = _refusal(quota, tokens=tokens, now=now)
     if refused is not None:
         raise refused
-    Quota.objects.filter(pk=quota.pk).update(
-        requests_reserved=F("requests_reserved") + 1,
-        tokens_reserved=F("tokens_reserved") + tokens,
-        updated_at=now,
+    # Every turn runs this: plain SQL (chatproject.sql), one UPDATE and one INSERT.
+    sql.update(
+        Quota,
+        {
+            "requests_reserved": sql.Add(1),
+            "tokens_reserved": sql.Add(tokens),
+            "updated_at": now,
+        },
+        {"id": quota.pk},
     )
     quota.requests_reserved += 1
     quota.tokens_reserved += tokens
-    return Reservation.objects.create(
+    quota.updated_at = now
+    reservation = Reservation(
         user_id=quota.user_id,
         message_id=message_id,
         tokens=tokens,
         period_started_at=quota.period_started_at,
     )
+    sql.insert([reservation])
+    return reservation
 
 
 def quota_settle_locked(
@@ -344,11 +355,16 @@ def quota_settle_locked(
     charged_tokens = tokens if same_period else 0
     if status is None:
         status = Reservation.Status.SETTLED if requests or tokens else Reservation.Status.RELEASED
-    closed = held.update(
-        status=status,
-        requests_charged=charged_requests,
-        tokens_charged=charged_tokens,
-        closed_at=now,
+    # Every turn runs these two: plain SQL (chatproject.sql).
+    closed = sql.update(
+        Reservation,
+        {
+            "status": status,
+            "requests_charged": charged_requests,
+            "tokens_charged": charged_tokens,
+            "closed_at": now,
+        },
+        {"id": reservation_id, "status": Reservation.Status.HELD},
     )
     if not closed:
         return None
@@ -356,14 +372,17 @@ def quota_settle_locked(
     quota.tokens_reserved = max(0, quota.tokens_reserved - reserved_tokens)
     quota.requests_used += charged_requests
     quota.tokens_used += charged_tokens
-    quota.save(
-        update_fields=[
-            "requests_reserved",
-            "tokens_reserved",
-            "requests_used",
-            "tokens_used",
-            "updated_at",
-        ]
+    quota.updated_at = now
+    sql.update(
+        Quota,
+        {
+            "requests_reserved": quota.requests_reserved,
+            "tokens_reserved": quota.tokens_reserved,
+            "requests_used": quota.requests_used,
+            "tokens_used": quota.tokens_used,
+            "updated_at": now,
+        },
+        {"id": quota.pk},
     )
     return quota_as_dict(quota)
 

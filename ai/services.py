@@ -7,6 +7,7 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 
 from ai.models import UsageRecord
+from chatproject import sql
 
 
 def usage_record_build(
@@ -58,8 +59,10 @@ def usage_record_build(
 
 
 def usage_records_create(records: list[UsageRecord]) -> list[UsageRecord]:
-    """Write ledger lines built by :func:`usage_record_build`, in one INSERT."""
-    return UsageRecord.objects.bulk_create(records)
+    """Write ledger lines built by :func:`usage_record_build`, in one INSERT (plain SQL:
+    every turn writes them; their ids are not read back)."""
+    sql.insert(records)
+    return records
 
 
 def usage_record_create(**fields: Any) -> UsageRecord:

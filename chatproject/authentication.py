@@ -48,6 +48,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.request import Request
 
 from chatproject.errors import ServiceError
+from chatproject.tokens import token_lookup
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -539,10 +540,9 @@ class BearerTokenAuthentication(OIDCAuthentication):
 
 # --- Views outside DRF ----------------------------------------------------------------------------
 def _user_for_token_key(key: str) -> AbstractBaseUser:
-    try:
-        token = Token.objects.select_related("user").get(key=key)
-    except Token.DoesNotExist:
-        raise AuthenticationError("Invalid token.", challenge="Token") from None
+    token = token_lookup(key)
+    if token is None:
+        raise AuthenticationError("Invalid token.", challenge="Token")
     if not token.user.is_active:
         raise AuthenticationError("User inactive or deleted.", challenge="Token")
     return token.user

@@ -145,7 +145,7 @@ if OIDC_BROWSER_LOGIN_ENABLED:
 
 # --- REST framework ------------------------------------------------------------------------------
 _authentication_classes = [
-    "rest_framework.authentication.TokenAuthentication",
+    "chatproject.tokens.TokenAuthentication",  # DRF's, reading the token in plain SQL
     "rest_framework.authentication.SessionAuthentication",
 ]
 if OIDC_BEARER_ENABLED:

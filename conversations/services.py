@@ -13,6 +13,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from ai.providers.base import ChatMessage, Usage
+from chatproject import sql
 from chatproject.errors import Conflict, InvalidRequest, NotFound, ServiceError
 from conversations.models import Context, Conversation, Message
 from conversations.selectors import history_for_model
@@ -97,6 +98,10 @@ class PreparedTurn:
     reserved: tuple[int, datetime] | None = None
 
 
+#: The context's fields a turn reads (the system prompt, the metadata event).
+_TURN_CONTEXT = ("id", "user", "name", "instructions")
+
+
 def _resolve_conversation(
     *,
     user: AbstractBaseUser,
@@ -105,23 +110,25 @@ def _resolve_conversation(
     first_text: str,
 ) -> tuple[Context, Conversation, bool]:
     """The turn's context and conversation (created when only a context is given), and
-    whether the conversation was created."""
+    whether the conversation was created. Plain SQL (every turn runs it): the context is
+    loaded with the fields a turn uses (the others are deferred)."""
     if conversation_id:
-        conversation = (
-            Conversation.objects.select_related("context")
-            .filter(user=user, pk=conversation_id)
-            .first()
-        )
-        if conversation is None:
+        found = sql.select(Conversation, {"id": conversation_id, "user": user.pk})
+        if not found:
             raise NotFound("Conversation not found.")
+        conversation = found[0]
         if context_id and conversation.context_id != context_id:
             raise InvalidRequest({"context_id": ["Does not match the conversation's context."]})
-        return conversation.context, conversation, False
-    context = Context.objects.filter(user=user, pk=context_id).first()
-    if context is None:
+        context = sql.select(Context, {"id": conversation.context_id}, fields=_TURN_CONTEXT)[0]
+        conversation.context = context
+        return context, conversation, False
+    found = sql.select(Context, {"id": context_id, "user": user.pk}, fields=_TURN_CONTEXT)
+    if not found:
         raise NotFound("Context not found.")
+    context = found[0]
     title = " ".join(first_text.split())[:80]
-    conversation = Conversation.objects.create(user=user, context=context, title=title)
+    conversation = Conversation(user=user, context=context, title=title)
+    sql.insert([conversation])
     return context, conversation, True
 
 
@@ -156,10 +163,8 @@ def turn_prepare(
         context, conversation, created = _resolve_conversation(
             user=user, context_id=context_id, conversation_id=conversation_id, first_text=content
         )
-        streaming = list(
-            Message.objects.filter(user=user, status=Message.Status.STREAMING).values_list(
-                "conversation_id", flat=True
-            )
+        streaming = sql.select_values(
+            Message, "conversation", {"user": user.pk, "status": Message.Status.STREAMING}
         )
         if conversation.id in streaming:
             raise Conflict(
@@ -198,7 +203,7 @@ def turn_prepare(
             worker=worker,
             created_at=now + timedelta(microseconds=1),
         )
-        Message.objects.bulk_create([user_message, assistant_message])  # one INSERT
+        sql.insert([user_message, assistant_message])  # one INSERT
         reservation = quota_reserve_locked(
             quota=quota,
             tokens=reserve_tokens(history, system_prompt(context)),
@@ -206,7 +211,7 @@ def turn_prepare(
             now=now,
         )
         if not created:  # a new conversation's updated_at is already now
-            Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
+            sql.update(Conversation, {"updated_at": now}, {"id": conversation.pk})
         return PreparedTurn(
             user_id=user.pk,
             context_id=context.id,
@@ -232,9 +237,11 @@ def replies_checkpoint(*, texts: dict[uuid.UUID, str]) -> set[uuid.UUID]:
     stopped: set[uuid.UUID] = set()
     with transaction.atomic():
         for message_id, content in texts.items():
-            updated = Message.objects.filter(
-                pk=message_id, status=Message.Status.STREAMING, cancel_requested=False
-            ).update(content=content, updated_at=now)
+            updated = sql.update(
+                Message,
+                {"content": content, "updated_at": now},
+                {"id": message_id, "status": Message.Status.STREAMING, "cancel_requested": False},
+            )
             if not updated:
                 stopped.add(message_id)
     return stopped
@@ -291,16 +298,20 @@ def turn_finish(
         "model": message.model,
     }
     with transaction.atomic():
-        Message.objects.filter(pk=message.pk).update(
-            content=outcome.content,
-            status=outcome.status,
-            finish_reason=outcome.finish_reason,
-            error_code=outcome.error_code,
-            error_retryable=outcome.error_retryable,
-            input_tokens=outcome.usage.input_tokens,
-            output_tokens=outcome.usage.output_tokens,
-            usage_estimated=outcome.usage.estimated,
-            updated_at=timezone.now(),
+        sql.update(
+            Message,
+            {
+                "content": outcome.content,
+                "status": outcome.status,
+                "finish_reason": outcome.finish_reason,
+                "error_code": outcome.error_code,
+                "error_retryable": outcome.error_retryable,
+                "input_tokens": outcome.usage.input_tokens,
+                "output_tokens": outcome.usage.output_tokens,
+                "usage_estimated": outcome.usage.estimated,
+                "updated_at": timezone.now(),
+            },
+            {"id": message.pk},
         )
         tokens = reply_tokens_charged(outcome)
         ledger_lines = [

@@ -42,7 +42,10 @@ _LOGS: list[str] = []
 
 @atexit.register
 def _remove_logs() -> None:
-    """The servers' logs live as long as the test run (failures print them)."""
+    """The servers' logs live as long as the test run (failures print them), unless
+    ``KEEP_DAPHNE_LOGS`` is set (to read them after the run, in /tmp/daphne-*.log)."""
+    if os.environ.get("KEEP_DAPHNE_LOGS"):
+        return
     for name in _LOGS:
         with contextlib.suppress(OSError):
             os.unlink(name)
