@@ -343,9 +343,12 @@ def quota_settle_locked(
         raise ValueError("requests and tokens must not be negative")
     now = now or timezone.now()
     quota = quota_lock(user=user, now=now)
-    held = Reservation.objects.filter(pk=reservation_id, status=Reservation.Status.HELD)
     if reserved is None:
-        row = held.values("tokens", "period_started_at").first()
+        row = (
+            Reservation.objects.filter(pk=reservation_id, status=Reservation.Status.HELD)
+            .values("tokens", "period_started_at")
+            .first()
+        )
         if row is None:
             return None
         reserved = (row["tokens"], row["period_started_at"])

@@ -8,14 +8,15 @@ and never ties a long-lived generation to a request's thread.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import functools
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, connections
 
@@ -46,26 +47,31 @@ def _refresh_connections() -> None:
             conn.close_if_unusable_or_obsolete()
 
 
-def _unit(func: Callable[P, R]) -> Callable[P, R]:
-    @functools.wraps(func)
-    def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        _refresh_connections()
-        try:
-            return func(*args, **kwargs)
-        except DatabaseError:
-            # A broken connection must not poison the next unit on this thread.
-            for conn in connections.all(initialized_only=True):
-                if conn.connection is not None and not conn.is_usable():
-                    conn.close()
-            raise
-
-    return run
+def _run_unit(func: Callable[..., R], args: tuple, kwargs: dict) -> R:
+    """One unit on a pool thread: fresh connections first, a broken one closed after."""
+    _refresh_connections()
+    try:
+        return func(*args, **kwargs)
+    except DatabaseError:
+        # A broken connection must not poison the next unit on this thread.
+        for conn in connections.all(initialized_only=True):
+            if conn.connection is not None and not conn.is_usable():
+                conn.close()
+        raise
 
 
 async def db_run(func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-    """Run ``func(*args, **kwargs)`` on the database pool and return its result."""
-    return await sync_to_async(_unit(func), thread_sensitive=False, executor=_get_executor())(
-        *args, **kwargs
+    """Run ``func(*args, **kwargs)`` on the database pool and return its result.
+
+    The caller's context variables go along (as with ``sync_to_async``); plain
+    ``run_in_executor`` costs about half of ``sync_to_async``'s CPU per call (135 against
+    245 µs, both threads), and every turn makes two calls. The units never call back into
+    async code, which is all ``sync_to_async`` adds here.
+    """
+    loop = asyncio.get_running_loop()
+    context = contextvars.copy_context()
+    return await loop.run_in_executor(
+        _get_executor(), functools.partial(context.run, _run_unit, func, args, kwargs)
     )
 
 
