@@ -153,8 +153,10 @@ def turn_prepare(
     ``conversation_busy``), too many open streams (429 ``too_many_streams``) and quota (429
     ``quota_exceeded``) are checked; then the user message is stored, the assistant message
     is stored as ``streaming`` and quota is reserved, all or nothing. The quota row is
-    locked first, so one user's concurrent turns are serialized here. About ten statements
-    in one transaction: this is most of a turn's fixed cost.
+    locked first, so one user's concurrent turns are serialized here. Nine to eleven
+    statements, BEGIN and COMMIT included, in plain SQL (:mod:`chatproject.sql`: the ORM's
+    query building cost more CPU than the statements themselves); with
+    :func:`turn_finish`, most of a turn's fixed cost.
     """
     from ai.quota import quota_as_dict, quota_lock, quota_reserve_locked
 
