@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import subprocess
@@ -168,6 +169,30 @@ def scenario(
     return "\n".join(lines)
 
 
+def start_product(
+    tmp: Path, servers: list[Server], *, extraction: bool
+) -> tuple[Server, Server, Target]:
+    """Start the fake upstream and the product on it (fresh SQLite, bench settings), as
+    ``bench/run.py`` does; both are appended to ``servers``, for the caller to stop.
+    Returns the upstream, the product and the load generator's target."""
+    port = free_port()
+    upstream = Server("upstream", [PY, "bench/upstream.py", "--port", str(port)], {}, port)
+    servers.append(upstream.start(tmp))
+    env = product_env(
+        {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")},
+        f"http://127.0.0.1:{port}/v1",
+        prepare_database(tmp, postgres=False),
+        redis=False,
+    )
+    env["FLOWS_EXTRACTION_ENABLED"] = "true" if extraction else "false"
+    key, context_id = setup_product(env)
+    pport = free_port()
+    product = Server("product", daphne_cmd(pport, "chatproject.asgi:application"), env, pport)
+    servers.append(product.start(tmp))
+    target = Target.product("product", product.url("/api/v1/conversations/stream"), key, context_id)
+    return upstream, product, target
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0)
@@ -196,27 +221,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-profile-"))
     servers: list[Server] = []
     try:
-        port = free_port()
-        upstream = Server(
-            "upstream", [PY, "bench/upstream.py", "--port", str(port)], {}, port
-        ).start(tmp)
-        servers.append(upstream)
-        env = product_env(
-            {k: v for k, v in __import__("os").environ.items() if not k.startswith("DJANGO_")},
-            f"http://127.0.0.1:{port}/v1",
-            prepare_database(tmp, postgres=False),
-            redis=False,
-        )
-        env["FLOWS_EXTRACTION_ENABLED"] = "false" if args.no_extraction else "true"
-        key, context_id = setup_product(env)
-        pport = free_port()
-        product = Server(
-            "product", daphne_cmd(pport, "chatproject.asgi:application"), env, pport
-        ).start(tmp)
-        servers.append(product)
-        target = Target.product(
-            "product", product.url("/api/v1/conversations/stream"), key, context_id
-        )
+        upstream, product, target = start_product(tmp, servers, extraction=not args.no_extraction)
         RESULTS.mkdir(parents=True, exist_ok=True)
         reports = [
             scenario(

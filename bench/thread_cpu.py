@@ -8,8 +8,9 @@ Usage::
 
 Starts the fake upstream and the product (as ``bench/run.py`` does), drives short turns
 and prints, per thread of the daphne process, its CPU time (user + system, from psutil)
-per turn. ``--pin`` runs the product with ``taskset -c <last core>``, as
-``docs/operations.md`` advises, so the two threads share one core.
+per turn. ``--pin`` puts the product on the last core (and this script, the load
+generator and the upstream on the others), as ``bench/run.py --pin`` does and
+``docs/operations.md`` advises, so the product's two threads share one core.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -27,17 +29,8 @@ sys.path[0] = str(ROOT)  # not bench/, whose profile.py would shadow the stdlib'
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 
-from bench.load import Target  # noqa: E402
-from bench.profile import load_for  # noqa: E402
-from bench.run import (  # noqa: E402
-    PY,
-    Server,
-    daphne_cmd,
-    free_port,
-    prepare_database,
-    product_env,
-    setup_product,
-)
+from bench.profile import load_for, start_product  # noqa: E402
+from bench.run import PIN, Server, pin_cores  # noqa: E402
 
 
 def main() -> None:
@@ -45,32 +38,19 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=6.0)
-    parser.add_argument("--pin", action="store_true", help="the product on the last core")
+    parser.add_argument(
+        "--pin", action="store_true", help="as bench/run.py --pin: the product on the last core"
+    )
     parser.add_argument("--no-extraction", action="store_true")
     args = parser.parse_args()
+    if args.pin:
+        PIN["servers"], PIN["harness"] = pin_cores()
+        os.sched_setaffinity(0, PIN["harness"])
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-threads-"))
-    port = free_port()
-    upstream = Server("upstream", [PY, "bench/upstream.py", "--port", str(port)], {}, port)
-    upstream.start(tmp)
-    product: Server | None = None
+    servers: list[Server] = []
     try:
-        env = product_env(
-            {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")},
-            f"http://127.0.0.1:{port}/v1",
-            prepare_database(tmp, postgres=False),
-            redis=False,
-        )
-        env["FLOWS_EXTRACTION_ENABLED"] = "false" if args.no_extraction else "true"
-        key, context_id = setup_product(env)
-        pport = free_port()
-        cmd = daphne_cmd(pport, "chatproject.asgi:application")
-        if args.pin:
-            cmd = ["taskset", "-c", str((os.cpu_count() or 1) - 1), *cmd]
-        product = Server("product", cmd, env, pport).start(tmp)
-        target = Target.product(
-            "product", product.url("/api/v1/conversations/stream"), key, context_id
-        )
+        upstream, product, target = start_product(tmp, servers, extraction=not args.no_extraction)
         httpx.post(upstream.url("/_bench/config"), json={"tokens": args.tokens, "pace_ms": 10})
         asyncio.run(load_for(target, 1.0, args.concurrency, args.tokens))  # warm up
         process = psutil.Process(product.process.pid)
@@ -90,9 +70,9 @@ def main() -> None:
             name = "event loop (main)" if tid == process.pid else "other thread"
             print(f"  thread {tid} {name}: {cpu / max(1, turns) * 1000:.2f} ms per turn")
     finally:
-        if product is not None:
-            product.stop()
-        upstream.stop()
+        for server in reversed(servers):
+            server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ def main() -> None:
 
     import json
 
+    from django.contrib.auth.models import AnonymousUser
     from django.core.management import call_command
     from django.db import connection
     from django.test import RequestFactory
@@ -97,8 +98,6 @@ def main() -> None:
     )
 
     def request():  # type: ignore[no-untyped-def]
-        from django.contrib.auth.models import AnonymousUser
-
         req = factory.post(
             "/api/v1/conversations/stream",
             data=body,

@@ -44,7 +44,6 @@ from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 from mozilla_django_oidc.contrib.drf import OIDCAuthentication
 from rest_framework import exceptions, status
 from rest_framework.authentication import HTTP_HEADER_ENCODING, get_authorization_header
-from rest_framework.authtoken.models import Token
 from rest_framework.request import Request
 
 from chatproject.errors import ServiceError
@@ -577,13 +576,7 @@ async def auser_from_authorization(value: str | bytes | None) -> AbstractBaseUse
         return None
     scheme, credentials = parsed
     if scheme == "token":
-        try:
-            token = await Token.objects.select_related("user").aget(key=credentials)
-        except Token.DoesNotExist:
-            raise AuthenticationError("Invalid token.", challenge="Token") from None
-        if not token.user.is_active:
-            raise AuthenticationError("User inactive or deleted.", challenge="Token")
-        return token.user
+        return await sync_to_async(_user_for_token_key)(credentials)
     if not bearer_enabled():
         return None
     return await sync_to_async(user_from_authorization)(value)
