@@ -118,10 +118,12 @@ class Message(models.Model):
         ]
         indexes = [
             models.Index(fields=["conversation", "created_at"], name="message_conv_created_idx"),
+            # A turn's check of its user's streaming replies (and the stale-reply sweeper)
+            # reads only the few rows that are streaming, never all of a user's messages.
             models.Index(
-                fields=["status"],
+                fields=["user"],
                 condition=Q(status="streaming"),
-                name="message_streaming_idx",
+                name="message_user_streaming_idx",
             ),
         ]
 

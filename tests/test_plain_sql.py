@@ -206,3 +206,37 @@ def test_a_turn_runs_a_bounded_number_of_statements(user):
     quota = Quota.objects.get(user=user)
     assert (quota.requests_used, quota.requests_reserved, quota.tokens_reserved) == (1, 0, 0)
     assert quota.tokens_used == reservation.tokens_charged == 2 * USAGE.total
+
+
+def test_the_streaming_check_reads_an_index_not_all_of_the_users_messages(user):
+    """Every turn asks which of its user's replies are streaming; with a long history that
+    must stay an index lookup of the few streaming rows (message_user_streaming_idx), not a
+    walk over all of the user's messages."""
+    context = factories.make_context(user)
+    conversation = factories.make_conversation(context)
+    Message.objects.bulk_create(
+        Message(user=user, conversation=conversation, role="user", content="x") for _ in range(300)
+    )
+    quota_get_or_create(user=user)
+    statements: list[tuple[str, tuple]] = []
+
+    def record(execute, sql_text, params, many, context_):
+        statements.append((sql_text, tuple(params or ())))
+        return execute(sql_text, params, many, context_)
+
+    payload = {"context_id": str(context.id), "messages": [{"role": "user", "content": "Hi"}]}
+    with connection.execute_wrapper(record):
+        prepare_turn(user=user, payload=payload)
+    (check, params), *_ = [
+        (s, p) for s, p in statements if "conversations_message" in s and s.startswith("SELECT")
+    ]
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("ANALYZE")
+            cursor.execute("EXPLAIN QUERY PLAN " + check, params)
+            plan = " ".join(str(row) for row in cursor.fetchall())
+        else:
+            cursor.execute("ANALYZE conversations_message")
+            cursor.execute("EXPLAIN " + check, params)
+            plan = " ".join(row[0] for row in cursor.fetchall())
+    assert "message_user_streaming_idx" in plan, plan
