@@ -47,7 +47,7 @@ from rest_framework.authentication import HTTP_HEADER_ENCODING, get_authorizatio
 from rest_framework.request import Request
 
 from chatproject.errors import ServiceError
-from chatproject.tokens import token_lookup
+from chatproject.tokens import TokenAuthentication
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -539,12 +539,12 @@ class BearerTokenAuthentication(OIDCAuthentication):
 
 # --- Views outside DRF ----------------------------------------------------------------------------
 def _user_for_token_key(key: str) -> AbstractBaseUser:
-    token = token_lookup(key)
-    if token is None:
-        raise AuthenticationError("Invalid token.", challenge="Token")
-    if not token.user.is_active:
-        raise AuthenticationError("User inactive or deleted.", challenge="Token")
-    return token.user
+    """The active user of API token ``key``: DRF's token checks, as this module's error."""
+    try:
+        user, _token = TokenAuthentication().authenticate_credentials(key)
+    except exceptions.AuthenticationFailed as exc:
+        raise AuthenticationError(str(exc.detail), challenge="Token") from None
+    return user
 
 
 def user_from_authorization(value: str | bytes | None) -> AbstractBaseUser | None:

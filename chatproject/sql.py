@@ -112,17 +112,23 @@ def select(
     conn = _conn()
     names = tuple(fields) if fields is not None else _all_fields(model)
     attnames = [_field(model, name).attname for name in names]
+    suffix = f" LIMIT {int(limit)}" if limit is not None else ""
+    if for_update and conn.features.has_select_for_update:
+        suffix += " FOR UPDATE"
+    rows = _rows(conn, model, names, where, suffix)
+    return [model.from_db(conn.alias, attnames, _convert(conn, model, names, row)) for row in rows]
+
+
+def _rows(
+    conn: Any, model: type[Model], names: tuple[str, ...], where: Mapping[str, Any], suffix: str
+) -> list[tuple]:
+    """The raw rows of ``SELECT names FROM model WHERE where`` + ``suffix``."""
     columns = ", ".join(conn.ops.quote_name(_field(model, n).column) for n in names)
     clause, params = _where(conn, model, where)
-    sql = f"SELECT {columns} FROM {_table(conn, model)} WHERE {clause}"  # noqa: S608
-    if limit is not None:
-        sql += f" LIMIT {int(limit)}"
-    if for_update and conn.features.has_select_for_update:
-        sql += " FOR UPDATE"
+    sql = f"SELECT {columns} FROM {_table(conn, model)} WHERE {clause}{suffix}"  # noqa: S608
     with conn.cursor() as cursor:
         cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    return [model.from_db(conn.alias, attnames, _convert(conn, model, names, row)) for row in rows]
+        return cursor.fetchall()
 
 
 @functools.cache
@@ -133,13 +139,8 @@ def _all_fields(model: type[Model]) -> tuple[str, ...]:
 def select_values(model: type[Model], name: str, where: Mapping[str, Any]) -> list[Any]:
     """The values of one field of the rows whose fields equal ``where``."""
     conn = _conn()
-    clause, params = _where(conn, model, where)
-    col, tbl = conn.ops.quote_name(_field(model, name).column), _table(conn, model)
-    sql = f"SELECT {col} FROM {tbl} WHERE {clause}"  # noqa: S608
-    with conn.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    return [_convert(conn, model, (name,), row)[0] for row in rows]
+    names = (name,)
+    return [_convert(conn, model, names, row)[0] for row in _rows(conn, model, names, where, "")]
 
 
 def insert(objs: Iterable[Model]) -> None:

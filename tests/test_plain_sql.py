@@ -228,7 +228,9 @@ def test_the_streaming_check_reads_an_index_not_all_of_the_users_messages(user):
     with connection.execute_wrapper(record):
         prepare_turn(user=user, payload=payload)
     (check, params), *_ = [
-        (s, p) for s, p in statements if "conversations_message" in s and s.startswith("SELECT")
+        (s, p)
+        for s, p in statements
+        if s.startswith("SELECT") and "conversations_message" in s and '"status"' in s
     ]
     with connection.cursor() as cursor:
         if connection.vendor == "sqlite":
