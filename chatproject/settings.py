@@ -159,7 +159,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["chatproject.parsers.SafeJSONParser"],
     "DEFAULT_SCHEMA_CLASS": "chatproject.openapi.ErrorResponsesAutoSchema",
-    "EXCEPTION_HANDLER": "chatproject.errors.exception_handler",
+    "EXCEPTION_HANDLER": "chatproject.exception_handler.exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.AnonRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"anon": env.str("API_ANON_THROTTLE", default="60/min")},
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",

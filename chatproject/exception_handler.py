@@ -1,0 +1,75 @@
+"""The one DRF exception handler: every error body has ``detail`` and ``code``.
+
+Kept apart from :mod:`chatproject.errors` because it imports ``rest_framework.views``,
+whose ``APIView`` imports the authentication classes named in the settings, which import
+the error types: in one module that is an import cycle (it crashed start-up with OIDC on).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.db import DatabaseError
+from django.http import Http404
+from rest_framework import exceptions
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from chatproject.errors import DatabaseUnavailable, ServiceError
+from chatproject.throttling import auth_failure_record
+
+logger = logging.getLogger("chatproject.errors")
+
+
+def _drf_code(exc: exceptions.APIException) -> str:
+    if isinstance(exc, exceptions.ValidationError):
+        return "invalid"
+    if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
+        return (
+            "not_authenticated"
+            if isinstance(exc, exceptions.NotAuthenticated)
+            else ("authentication_failed")
+        )
+    if isinstance(exc, exceptions.Throttled):
+        return "throttled"
+    detail = exc.detail
+    code = getattr(detail, "code", None)
+    return str(code or exc.default_code)
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's handler, reshaped: every error body has ``detail`` and ``code``.
+
+    Validation errors keep DRF's per-field messages under ``errors`` so the field is named.
+    """
+    if isinstance(exc, DatabaseError):
+        logger.error("database.unavailable", extra={"exc_type": type(exc).__name__})
+        exc = DatabaseUnavailable()
+    if isinstance(exc, ServiceError):
+        return Response(exc.as_body(), status=exc.status_code, headers=exc.headers)
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    if isinstance(exc, exceptions.AuthenticationFailed) and context.get("request") is not None:
+        try:
+            auth_failure_record(context["request"])
+        except ServiceError as throttled:
+            return Response(throttled.as_body(), status=429, headers=throttled.headers)
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        errors = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
+        fields = ", ".join(sorted(str(k) for k in errors))
+        response.data = {
+            "detail": f"Invalid request: {fields}.",
+            "code": "invalid",
+            "errors": errors,
+        }
+    elif isinstance(exc, exceptions.APIException):
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        body: dict[str, Any] = {"detail": detail, "code": _drf_code(exc)}
+        if isinstance(exc, exceptions.NotFound):
+            body["code"] = "not_found"
+        response.data = body
+    return response
