@@ -131,8 +131,22 @@ async def _db_or_503(func: Callable[..., T], *args: Any) -> T:
 
 
 def wants_event_stream(request: HttpRequest) -> bool:
-    """True when the client accepts ``text/event-stream``."""
-    return "text/event-stream" in request.headers.get("Accept", "")
+    """Whether a chat turn answers as an SSE stream (the default) rather than one JSON document.
+
+    Media-type negotiation on ``Accept`` (docs/api.md): the stream unless the client
+    prefers JSON, that is, ``application/json`` matches a range of higher quality than
+    the best range that matches ``text/event-stream``. A missing header, ``*/*`` (curl's
+    default), ``text/*``, anything naming ``text/event-stream`` at the top quality, a tie
+    and an unparsable header all stream. Django's ``accepted_type`` picks, for each type,
+    the most specific range that matches it, with its ``q``. (``get_preferred_type`` is
+    not enough: on a tie such as ``application/json, text/event-stream`` it picks the
+    first listed, where the stream must win.)
+    """
+    json_range = request.accepted_type("application/json")
+    if json_range is None:
+        return True
+    stream_range = request.accepted_type("text/event-stream")
+    return stream_range is not None and stream_range.quality >= json_range.quality
 
 
 def event_stream_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
@@ -178,7 +192,7 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
 
 
 async def _json_reply(turn: PreparedTurn, generation: Generation) -> JsonResponse:
-    """Wait for the whole turn and answer one JSON document (no ``text/event-stream``)."""
+    """Wait for the whole turn and answer one JSON document (the client prefers JSON)."""
     try:
         await asyncio.shield(generation.ended.wait())
     except asyncio.CancelledError:

@@ -68,9 +68,13 @@ def test_no_secret_reaches_the_logs_or_the_client(transactional_db, openai_fake,
         resumed = stream("GET", f"{server.url}/api/v1/messages/{message_id}/stream", token=token)
         assert reply_phrase in resumed.text()
         as_json = httpx.post(
-            url, json=body, headers={"Authorization": f"Token {token}"}, timeout=30
+            url,
+            json=body,
+            headers={"Authorization": f"Token {token}", "Accept": "application/json"},
+            timeout=30,
         )
         assert as_json.status_code == 200
+        assert as_json.headers["content-type"].startswith("application/json")
 
         failures = [
             rate_limited(),

@@ -52,7 +52,7 @@ class Command(BaseCommand):
                     "  Stream a reply:",
                     f"  curl -N {base}/api/v1/conversations/stream \\",
                     f"    -H 'Authorization: Token {token.key}' \\",
-                    "    -H 'Content-Type: application/json' -H 'Accept: text/event-stream' \\",
+                    "    -H 'Content-Type: application/json' \\",
                     f"    -d '{body}'",
                     "",
                 ]
