@@ -10,9 +10,10 @@ input tokens from ``message_start``, output tokens and the stop reason from
 becomes the matching error of our family.
 
 Anthropic requires alternating roles starting with ``user`` and takes the system prompt
-as a parameter: system messages of the history are folded into it, consecutive messages
-of the same role are merged, and a history that starts with the assistant gets a short
-placeholder user turn first.
+as a parameter, which holds the server's prompt only: a ``system`` message of the history
+reaches the model after it as a labelled user message (:func:`ai.prompts.model_prompt`).
+Consecutive messages of the same role are merged, and a history that starts with the
+assistant gets a short placeholder user turn first.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import anthropic
 
 from ai.errors import AIError, AIStreamIncomplete
+from ai.prompts import model_prompt
 from ai.providers._clients import AIOHTTP, LoopClients, post_json, sdk_http_client
 from ai.providers._errors import SdkErrors, map_provider_error, map_stream_error_event
 from ai.providers._sse import drain, iter_sse_events
@@ -53,17 +55,16 @@ def build_anthropic_messages(
 ) -> tuple[str, list[dict[str, str]]]:
     """The ``system`` parameter and the alternating ``messages`` list Anthropic accepts.
 
-    System messages are appended to the system prompt; empty messages are dropped;
-    consecutive messages of one role are joined with a blank line; a leading assistant
-    message gets a placeholder user message before it.
+    ``system`` is the server's prompt (plus, with client context, the rule of
+    :func:`ai.prompts.model_prompt`); a ``system`` message of the history becomes a
+    labelled user message in place. Empty messages are dropped; consecutive messages of
+    one role are joined with a blank line; a leading assistant message gets a placeholder
+    user message before it.
     """
-    system_parts = [system] if system.strip() else []
+    system, history = model_prompt(system, messages)
     merged: list[dict[str, str]] = []
-    for message in messages:
+    for message in history:
         if not message.content.strip():
-            continue
-        if message.role == "system":
-            system_parts.append(message.content)
             continue
         if merged and merged[-1]["role"] == message.role:
             merged[-1]["content"] += "\n\n" + message.content
@@ -71,7 +72,7 @@ def build_anthropic_messages(
             merged.append({"role": message.role, "content": message.content})
     if merged and merged[0]["role"] != "user":
         merged.insert(0, {"role": "user", "content": _EARLIER_OMITTED})
-    return "\n\n".join(system_parts), merged
+    return (system if system.strip() else ""), merged
 
 
 class AnthropicProvider:

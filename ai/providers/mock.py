@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ai.errors import AIError, AIRateLimited, AIStreamIncomplete, AITimeout, AIUnavailable
+from ai.prompts import model_prompt
 from ai.providers.base import (
     ChatMessage,
     StreamEnd,
@@ -264,7 +265,12 @@ class MockProvider:
         system: str,
         max_output_tokens: int,
     ) -> AsyncIterator[str | StreamEnd]:
-        """Stream the mock reply: word deltas at the configured pace, then a StreamEnd."""
+        """Stream the mock reply: word deltas at the configured pace, then a StreamEnd.
+
+        It reads the prompt the real adapters send (:func:`ai.prompts.model_prompt`):
+        the reply answers the last user message, never a client's context.
+        """
+        prompt, history = model_prompt(system, messages)
         user_text = next((m.content for m in reversed(messages) if m.role == "user"), "")
         delay_ms = self.token_delay_ms
         error = _HOOK_ERROR.search(user_text)
@@ -305,7 +311,7 @@ class MockProvider:
         yield StreamEnd(
             finish_reason=finish_reason,
             usage=Usage(
-                input_tokens=estimate_messages_tokens(messages, system),
+                input_tokens=estimate_messages_tokens(history, prompt),
                 output_tokens=estimate_tokens("".join(deltas)),
             ),
         )

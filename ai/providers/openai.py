@@ -15,6 +15,10 @@ Compatible servers differ from the real API; this adapter copes with:
   a normal finish;
 - ``json_schema`` structured outputs refused: falls back to ``json_object`` with the
   schema described in the prompt, then to plain text parsed as JSON.
+
+The server's system prompt is the first and only ``system`` message; a ``system``
+message of the history reaches the model after it as a labelled user message
+(:func:`ai.prompts.model_prompt`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from urllib.parse import urlsplit
 import openai
 
 from ai.errors import AIError, AIStreamIncomplete
+from ai.prompts import model_prompt
 from ai.providers._clients import AIOHTTP, LoopClients, post_json, sdk_http_client
 from ai.providers._errors import SdkErrors, map_provider_error, map_stream_error_event
 from ai.providers._sse import drain, iter_sse_events
@@ -155,11 +160,12 @@ class OpenAIProvider:
         max_output_tokens: int,
     ) -> AsyncIterator[str | StreamEnd]:
         """Stream a reply: ``str`` deltas, then one :class:`StreamEnd` (see the module doc)."""
+        system, history = model_prompt(system, messages)
         params: dict[str, Any] = {
             "model": self.model,
             "messages": [
                 {"role": "system", "content": system},
-                *({"role": m.role, "content": m.content} for m in messages),
+                *({"role": m.role, "content": m.content} for m in history),
             ],
             self._max_tokens_param: max_output_tokens,
             "stream": True,
@@ -226,7 +232,7 @@ class OpenAIProvider:
             raise AIStreamIncomplete()
         if usage is None:
             usage = Usage(
-                input_tokens=estimate_messages_tokens(messages, system),
+                input_tokens=estimate_messages_tokens(history, system),
                 output_tokens=estimate_tokens("".join(parts)),
                 estimated=True,
             )

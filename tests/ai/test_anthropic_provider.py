@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from ai.errors import AIError, AIRateLimited, AIStreamIncomplete, AITimeout, AIUnavailable
+from ai.prompts import CLIENT_CONTEXT_LABEL, CLIENT_CONTEXT_RULE
 from ai.providers import get_provider
 from ai.providers.anthropic import AnthropicProvider, build_anthropic_messages
 from ai.providers.base import ChatMessage
@@ -55,9 +56,11 @@ async def test_request_shape_system_param_and_alternation(anthropic_server):
     assert body["model"] == "claude-sonnet-4-6"
     assert body["stream"] is True
     assert body["max_tokens"] == 77
-    assert body["system"] == SYSTEM + "\n\nPrefer short answers."
+    # A client's system message never joins the system parameter (see test_system_messages).
+    assert body["system"] == f"{SYSTEM}\n\n{CLIENT_CONTEXT_RULE}"
     roles = [m["role"] for m in body["messages"]]
     assert roles == ["user", "assistant", "user"]
+    assert body["messages"][0]["content"] == f"{CLIENT_CONTEXT_LABEL}\nPrefer short answers."
     assert body["messages"][2]["content"] == "First part.\n\nSecond part."
 
 
@@ -73,9 +76,9 @@ def test_build_messages_rules():
         ],
         "base",
     )
-    assert system == "base\n\nextra"
+    assert system == f"base\n\n{CLIENT_CONTEXT_RULE}"
     assert messages == [
-        {"role": "user", "content": "a"},
+        {"role": "user", "content": f"a\n\n{CLIENT_CONTEXT_LABEL}\nextra"},
         {"role": "assistant", "content": "b\n\nc"},
         {"role": "user", "content": "d"},
     ]
