@@ -10,13 +10,10 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from accounts.ws import SameOriginValidator, TokenOrSessionAuthMiddlewareStack  # noqa: E402
 from chatproject.asgi_limits import BodySizeLimitMiddleware  # noqa: E402
 from chatproject.startup import report_system_checks  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
-from conversations.ws_auth import (  # noqa: E402
-    AllowedOriginValidator,
-    TokenOrSessionAuthMiddlewareStack,
-)
 
 report_system_checks()
 
@@ -29,7 +26,7 @@ application = ProtocolTypeRouter(
             settings.MAX_REQUEST_BODY_BYTES,
             {path: settings.CHAT_MAX_BODY_BYTES for path in CHAT_PATHS},
         ),
-        "websocket": AllowedOriginValidator(
+        "websocket": SameOriginValidator(
             TokenOrSessionAuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),
     }

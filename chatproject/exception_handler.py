@@ -17,7 +17,6 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from chatproject.errors import DatabaseUnavailable, ServiceError
-from chatproject.throttling import auth_failure_record
 
 logger = logging.getLogger("chatproject.errors")
 
@@ -50,11 +49,6 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response(exc.as_body(), status=exc.status_code, headers=exc.headers)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
-    if isinstance(exc, exceptions.AuthenticationFailed) and context.get("request") is not None:
-        try:
-            auth_failure_record(context["request"])
-        except ServiceError as throttled:
-            return Response(throttled.as_body(), status=429, headers=throttled.headers)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

@@ -36,6 +36,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "channels",
     "mozilla_django_oidc",
+    "accounts",
     "ai",
     "conversations",
     "flows",
@@ -44,6 +45,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "chatproject.middleware.RequestIdMiddleware",
+    # A bearer token's signing keys fetched in the event loop, before any view runs.
+    "accounts.middleware.BearerKeysMiddleware",
     # Django's stock middleware, with their hooks run in the event loop instead of a
     # thread each (chatproject/async_middleware.py).
     "chatproject.async_middleware.AsyncSecurityMiddleware",
@@ -135,21 +138,22 @@ OIDC_OP_TOKEN_ENDPOINT = env.str("OIDC_OP_TOKEN_ENDPOINT", default="")
 OIDC_OP_USER_ENDPOINT = env.str("OIDC_OP_USER_ENDPOINT", default="")
 OIDC_RP_SIGN_ALGO = "RS256"
 OIDC_JWKS_CACHE_SECONDS = env.int("OIDC_JWKS_CACHE_SECONDS", default=300)
+OIDC_JWKS_TIMEOUT_SECONDS = env.float("OIDC_JWKS_TIMEOUT_SECONDS", default=3.0)
 OIDC_BEARER_ENABLED = bool(OIDC_OP_ISSUER and OIDC_OP_JWKS_ENDPOINT)
 OIDC_BROWSER_LOGIN_ENABLED = bool(
     OIDC_RP_CLIENT_ID and OIDC_OP_AUTHORIZATION_ENDPOINT and OIDC_OP_TOKEN_ENDPOINT
 )
-OIDC_DRF_AUTH_BACKEND = "chatproject.authentication.AccessTokenBackend"
+OIDC_DRF_AUTH_BACKEND = "accounts.backends.AccessTokenBackend"
 if OIDC_BROWSER_LOGIN_ENABLED:
-    AUTHENTICATION_BACKENDS.append("chatproject.authentication.AccessTokenBackend")
+    AUTHENTICATION_BACKENDS.append("accounts.backends.AccessTokenBackend")
 
 # --- REST framework ------------------------------------------------------------------------------
+# One path for every transport (accounts.services.authenticate): Token and Bearer
+# credentials, then the Django session (with CSRF on writes).
 _authentication_classes = [
-    "chatproject.tokens.TokenAuthentication",  # DRF's, reading the token in plain SQL
+    "accounts.drf.CredentialsAuthentication",
     "rest_framework.authentication.SessionAuthentication",
 ]
-if OIDC_BEARER_ENABLED:
-    _authentication_classes.insert(0, "chatproject.authentication.BearerTokenAuthentication")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": _authentication_classes,
@@ -173,7 +177,8 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
-# Failed authentications per client address and minute before 429 (chatproject.throttling).
+# Failed authentications (tokens, passwords) per client address, and failed passwords per
+# username, a minute before 429 (accounts.throttling).
 AUTH_FAILURES_PER_MINUTE = env.int("AUTH_FAILURES_PER_MINUTE", default=30)
 
 # Throttle counters: per process, or shared through Redis.
@@ -243,6 +248,9 @@ MOCK_TOKEN_DELAY_MS = env.float("MOCK_TOKEN_DELAY_MS", default=30.0)
 # --- Chat ----------------------------------------------------------------------------------------
 CHAT_HISTORY_LIMIT = env.int("CHAT_HISTORY_LIMIT", default=10)
 CHAT_MAX_CONCURRENT_STREAMS = env.int("CHAT_MAX_CONCURRENT_STREAMS", default=3)
+# Open WebSockets per user, and resumed streams per user, in one process.
+CHAT_MAX_SOCKETS = env.int("CHAT_MAX_SOCKETS", default=10)
+CHAT_MAX_FOLLOWERS = env.int("CHAT_MAX_FOLLOWERS", default=10)
 CHAT_STREAM_TIMEOUT_SECONDS = env.float("CHAT_STREAM_TIMEOUT_SECONDS", default=120.0)
 CHAT_KEEPALIVE_SECONDS = env.float("CHAT_KEEPALIVE_SECONDS", default=15.0)
 CHAT_CANCEL_ON_DISCONNECT = env.bool("CHAT_CANCEL_ON_DISCONNECT", default=False)

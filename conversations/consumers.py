@@ -1,9 +1,12 @@
 """The chat WebSocket, ``/ws/v1/chat/`` (contract 3.4): the SSE turn over one socket.
 
-Authentication is in :mod:`conversations.ws_auth` (token subprotocol pair, ``Authorization``
+Authentication is in :mod:`accounts.ws` (token subprotocol pair, ``Authorization``
 header, or session cookie); a connection without valid credentials is accepted, sent one
 ``error`` (``code`` ``not_authenticated`` / ``authentication_failed``, ``status`` 401) and
-closed with code 4401.
+closed with code 4401. The credentials are checked again for every frame that starts work
+(``chat``, ``resume``, ``cancel``); once they no longer hold, the socket gets that
+``error`` and is closed with 4401. A user's sockets past ``CHAT_MAX_SOCKETS`` in this
+process get ``error`` ``too_many_sockets`` (429) and are closed with 4429.
 
 Client -> server, one JSON object per text frame:
 
@@ -47,6 +50,8 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 
+from accounts.errors import AuthenticationError, TooManyAuthenticationFailures
+from accounts.ws import CLOSE_TOO_MANY, CLOSE_UNAUTHENTICATED, scope_user_recheck, sockets
 from chatproject import metrics
 from chatproject.db import db_run
 from chatproject.errors import InvalidRequest, ServiceError
@@ -58,6 +63,7 @@ from conversations.streaming.generations import (
     KEEP_ALIVE,
     Event,
     Generation,
+    followers,
     iter_events,
     parse_last_event_id,
     registry,
@@ -65,7 +71,6 @@ from conversations.streaming.generations import (
 from conversations.streaming.relay import request_remote_cancel
 from conversations.streaming.replay import follow_stored
 from conversations.streaming.turn import prepare_turn, start_generation
-from conversations.ws_auth import CLOSE_UNAUTHENTICATED
 
 logger = logging.getLogger("conversations.ws")
 
@@ -116,6 +121,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     """One client's socket: turns, resumes and cancels, one stream at a time."""
 
     user: Any = None
+    user_pk: int = 0
+    counted = False
     follower: asyncio.Task[None] | None = None
     primary: Generation | None = None
 
@@ -125,18 +132,57 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             code = self.scope.get("auth_error") or "not_authenticated"
-            detail = (
-                "Invalid credentials."
-                if code == "authentication_failed"
-                else "Authentication credentials were not provided."
-            )
-            await self.send_error(ServiceError(detail, code=code, status_code=401), "connect")
+            if code == TooManyAuthenticationFailures.code:
+                error: ServiceError = TooManyAuthenticationFailures()
+            elif code == "authentication_failed":
+                error = AuthenticationError()
+            else:
+                error = ServiceError(
+                    "Authentication credentials were not provided.", code=code, status_code=401
+                )
+            await self.send_error(error, "connect")
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        self.user = user
+        if not sockets.acquire(user.pk):
+            logger.info("ws.refused", extra={"user_id": user.pk, "code": "too_many_sockets"})
+            await self.send_error(
+                ServiceError(
+                    f"At most {settings.CHAT_MAX_SOCKETS} open sockets per user.",
+                    code="too_many_sockets",
+                    status_code=429,
+                ),
+                "connect",
+            )
+            await self.close(code=CLOSE_TOO_MANY)
+            return
+        self.counted = True
+        self.user, self.user_pk = user, user.pk
         logger.info("ws.connect", extra={"user_id": user.pk})
 
+    async def _recheck(self, request: str) -> bool:
+        """Whether the socket's credentials still hold; if not, say so and close (4401)."""
+        try:
+            self.user = await scope_user_recheck(self.scope)
+        except (AuthenticationError, TooManyAuthenticationFailures) as exc:
+            logger.info("ws.credentials_gone", extra={"code": exc.code})
+            await self.send_error(exc, request)
+            await self._stop_following()
+            self.user = None
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return False
+        return True
+
+    async def _stop_following(self) -> None:
+        follower = self.follower
+        if follower is not None and not follower.done():
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+
     async def disconnect(self, code: int) -> None:
+        if self.counted:
+            self.counted = False
+            sockets.release(self.user_pk)
         follower, primary = self.follower, self.primary
         if follower is None or follower.done():
             return
@@ -195,6 +241,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 raise InvalidRequest(
                     {"type": ["Expected an object with type 'chat', 'cancel' or 'resume'."]}
                 )
+            if not await self._recheck(kind):
+                return
             await handler(content)
         except ServiceError as exc:
             await self.send_error(exc, kind if isinstance(kind, str) else "")
@@ -248,6 +296,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             raise ServiceError(
                 "Only assistant replies can be streamed.", code="not_a_reply", status_code=400
             )
+        if not followers.acquire(self.user_pk):
+            raise ServiceError(
+                f"At most {settings.CHAT_MAX_FOLLOWERS} resumed streams per user.",
+                code="too_many_streams",
+                status_code=429,
+                headers={"Retry-After": "5"},
+            )
         generation = registry.get(message.id)
         metrics.RESUMES.labels("live" if generation is not None else "stored").inc()
         logger.info(
@@ -263,7 +318,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             events = iter_events(generation, last_event_id=last_event_id)
         else:
             events = stored_events(message, last_event_id=last_event_id)
-        self._start_follower(events, primary=None)
+        self._start_follower(followers.hold(self.user_pk, events), primary=None)
 
     async def on_cancel(self, content: dict[str, Any]) -> None:
         message_id = content.get("message_id")

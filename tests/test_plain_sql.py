@@ -13,15 +13,15 @@ import pytest
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
-from rest_framework import exceptions
 from rest_framework.authtoken.models import Token
 
+from accounts.api_tokens import token_lookup, user_for_api_token
+from accounts.errors import AuthenticationError
 from ai.models import Quota, Reservation, UsageRecord
 from ai.providers.base import Usage
 from ai.quota import quota_get_or_create
 from ai.services import usage_record_build, usage_records_create
 from chatproject import sql
-from chatproject.tokens import TokenAuthentication, token_lookup
 from conversations.models import Context, Conversation, Message
 from conversations.services import ReplyOutcome, turn_finish
 from conversations.streaming.turn import prepare_turn
@@ -175,14 +175,14 @@ def test_token_lookup_and_authentication(user):
     token = token_lookup(key)
     assert token is not None and token.user == user and token.key == key
     assert token_lookup("0" * 40) is None
-    auth = TokenAuthentication()
-    assert auth.authenticate_credentials(key) == (user, Token.objects.get(key=key))
-    with pytest.raises(exceptions.AuthenticationFailed, match="Invalid token"):
-        auth.authenticate_credentials("nope")
+    assert user_for_api_token(key) == user
+    assert token.key == Token.objects.get(key=key).key
+    with pytest.raises(AuthenticationError, match="Invalid token"):
+        user_for_api_token("nope")
     user.is_active = False
     user.save()
-    with pytest.raises(exceptions.AuthenticationFailed, match="inactive"):
-        auth.authenticate_credentials(key)
+    with pytest.raises(AuthenticationError, match="inactive"):
+        user_for_api_token(key)
 
 
 def test_a_turn_runs_a_bounded_number_of_statements(user):

@@ -15,6 +15,7 @@ from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
 
+from accounts.throttling import login_throttled
 from web.csp import content_security_policy
 
 
@@ -34,7 +35,11 @@ def chat_page(request: HttpRequest) -> HttpResponse:
 
 #: GET shows the form, POST logs in (Django's own view, redirect_authenticated_user so a
 #: logged-in visitor is not shown the form again).
-login_view = content_security_policy(auth_views.LoginView.as_view(redirect_authenticated_user=True))
+#: Throttled: wrong passwords count per client address and per username (429 past
+#: ``AUTH_FAILURES_PER_MINUTE``, accounts.throttling).
+login_view = content_security_policy(
+    login_throttled(auth_views.LoginView.as_view(redirect_authenticated_user=True))
+)
 
 #: POST only (Django 5): the page's "Log out" button is a small form with the CSRF token.
 logout_view = content_security_policy(auth_views.LogoutView.as_view())

@@ -27,8 +27,9 @@ import os
 import re
 import socket
 import uuid
+import weakref
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 
@@ -45,6 +46,7 @@ WORKER_ID = "{}.{}.{}".format(
     re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40], os.getpid(), uuid.uuid4().hex[:8]
 )
 
+T = TypeVar("T")
 TrailingEvent = tuple[str, dict[str, Any]]
 #: ``(event id, event name, data)`` as :func:`iter_events` yields them.
 Event = tuple[int, str, Any]
@@ -176,6 +178,58 @@ class GenerationRegistry:
 
 
 registry = GenerationRegistry()
+
+
+class FollowerLimit:
+    """Resumed streams (SSE ``GET .../stream`` and WebSocket ``resume``) open per user in
+    this process, at most ``CHAT_MAX_FOLLOWERS`` each: past it a resume answers 429
+    ``too_many_streams`` instead of holding one more stream open."""
+
+    def __init__(self) -> None:
+        self._open: dict[int, int] = {}
+
+    def acquire(self, user_id: int) -> bool:
+        """Count one more follower of ``user_id``; ``False`` (not counted) past the limit."""
+        count = self._open.get(user_id, 0)
+        if count >= settings.CHAT_MAX_FOLLOWERS:
+            return False
+        self._open[user_id] = count + 1
+        return True
+
+    def release(self, user_id: int) -> None:
+        """One follower of ``user_id`` ended."""
+        count = self._open.get(user_id, 0) - 1
+        if count > 0:
+            self._open[user_id] = count
+        else:
+            self._open.pop(user_id, None)
+
+    def hold(self, user_id: int, stream: AsyncIterator[T]) -> AsyncIterator[T]:
+        """``stream``, releasing the follower acquired for ``user_id`` once: when it ends,
+        or when it is dropped without ever being iterated (a client gone before the first
+        byte)."""
+        released = False
+
+        def release_once() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.release(user_id)
+
+        async def run() -> AsyncIterator[T]:
+            try:
+                async with contextlib.aclosing(stream):  # type: ignore[type-var]
+                    async for item in stream:
+                        yield item
+            finally:
+                release_once()
+
+        held = run()
+        weakref.finalize(held, release_once)
+        return held
+
+
+followers = FollowerLimit()
 
 
 def parse_last_event_id(raw: str | None) -> int:

@@ -19,18 +19,13 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
-from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
-from rest_framework import exceptions
-from rest_framework.authentication import SessionAuthentication
-from rest_framework.request import Request
-from rest_framework.settings import api_settings
 
+from accounts.requests import request_user
 from ai.providers.base import Provider
 from chatproject import metrics
 from chatproject.db import db_run
 from chatproject.errors import DatabaseUnavailable, InvalidRequest, ServiceError
-from chatproject.throttling import auth_failure_record
 from conversations import selectors
 from conversations.models import Message
 from conversations.serializers import message_to_dict
@@ -38,6 +33,7 @@ from conversations.services import PreparedTurn, message_request_cancel
 from conversations.streaming.generations import (
     Generation,
     follow,
+    followers,
     parse_last_event_id,
     registry,
 )
@@ -56,47 +52,9 @@ def _error(detail: str, code: str, status: int, **headers: str) -> JsonResponse:
     return ServiceError(detail, code=code, status_code=status, headers=headers).as_response()
 
 
-def _csrf_failure(request: HttpRequest) -> str | None:
-    check = CsrfViewMiddleware(lambda _request: HttpResponse())
-    check.process_request(request)
-    response = check.process_view(request, None, (), {})
-    return None if response is None else "CSRF verification failed."
-
-
 def authenticate(request: HttpRequest) -> AbstractBaseUser:
-    """The caller, through DRF's configured authenticators (bearer JWT, token), then the
-    Django session, which must carry the CSRF token on writes, as DRF enforces it."""
-    authenticators = [
-        cls()
-        for cls in api_settings.DEFAULT_AUTHENTICATION_CLASSES
-        if not issubclass(cls, SessionAuthentication)
-    ]
-    session_user = request.user  # DRF's Request replaces request.user when it fails
-    drf_request = Request(request, authenticators=authenticators)
-    try:
-        user = drf_request.user
-    except exceptions.AuthenticationFailed as exc:
-        auth_failure_record(request)
-        raise ServiceError(
-            str(exc.detail),
-            code="authentication_failed",
-            status_code=401,
-            headers={"WWW-Authenticate": "Bearer"},
-        ) from exc
-    if user is None or not user.is_authenticated:
-        user = request.user = session_user
-        if user.is_authenticated and request.method not in ("GET", "HEAD", "OPTIONS"):
-            reason = _csrf_failure(request)
-            if reason:
-                raise ServiceError(reason, code="permission_denied", status_code=403)
-    if user is None or not user.is_authenticated:
-        raise ServiceError(
-            "Authentication credentials were not provided.",
-            code="not_authenticated",
-            status_code=401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    return user
+    """The caller, by the one path of every transport (:mod:`accounts.requests`)."""
+    return request_user(request, transport="sse")
 
 
 def _parse_body(request: HttpRequest) -> dict[str, Any]:
@@ -238,7 +196,7 @@ async def message_stream(request: HttpRequest, pk: str) -> HttpResponse:
     if request.method != "GET":
         return _error("Use GET.", "method_not_allowed", 405, Allow="GET")
     try:
-        _user, message = await _db_or_503(_owned_message, request, pk)
+        user, message = await _db_or_503(_owned_message, request, pk)
     except ServiceError as exc:
         return exc.as_response()
     if message.role != Message.Role.ASSISTANT:
@@ -246,6 +204,14 @@ async def message_stream(request: HttpRequest, pk: str) -> HttpResponse:
     last_event_id = parse_last_event_id(
         request.headers.get("Last-Event-ID") or request.GET.get("last_event_id")
     )
+    if not followers.acquire(user.pk):
+        metrics.REFUSALS.labels("too_many_streams").inc()
+        return _error(
+            f"At most {settings.CHAT_MAX_FOLLOWERS} resumed streams per user.",
+            "too_many_streams",
+            429,
+            **{"Retry-After": "5"},
+        )
     generation = registry.get(message.id)
     metrics.RESUMES.labels("live" if generation is not None else "stored").inc()
     logger.info(
@@ -257,8 +223,10 @@ async def message_stream(request: HttpRequest, pk: str) -> HttpResponse:
         },
     )
     if generation is not None:
-        return event_stream_response(follow(generation, last_event_id=last_event_id))
-    return event_stream_response(follow_stored(message, last_event_id=last_event_id))
+        events = follow(generation, last_event_id=last_event_id)
+    else:
+        events = follow_stored(message, last_event_id=last_event_id)
+    return event_stream_response(followers.hold(user.pk, events))
 
 
 @csrf_exempt

@@ -5,6 +5,7 @@ with FakeOIDCProvider() as provider:
     provider.rotate()                              # serve a new key set
     provider.fetch_count                           # JWKS requests served so far
     provider.available = False                     # answer 503 from now on
+    provider.delay = 3.0                           # answer after 3 s (a slow provider)
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class FakeOIDCProvider:
         self.audience = audience
         self.keys: list[SigningKey] = [SigningKey.generate()]
         self.available = True
+        #: Seconds the JWKS answer waits (a slow provider).
+        self.delay = 0.0
         self.fetch_count = 0
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -88,6 +91,9 @@ class FakeOIDCProvider:
                     provider.fetch_count += 1
                     available = provider.available
                     body = provider.jwks()
+                    delay = provider.delay
+                if delay:
+                    time.sleep(delay)
                 if available:
                     self._send(200, body)
                 else:

@@ -6,6 +6,7 @@ from argparse import ArgumentParser
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from rest_framework.authtoken.models import Token
 
@@ -25,6 +26,15 @@ class Command(BaseCommand):
         if user is None:
             if not create:
                 raise CommandError(f"No user named {username!r}. Use --create to make one.")
+            # Django's username rules, so that no local user takes a name of the OIDC
+            # users' namespace ("oidc:...": ':' is not allowed).
+            field = User._meta.get_field(User.USERNAME_FIELD)
+            try:
+                field.run_validators(username)
+            except ValidationError as exc:
+                raise CommandError(
+                    f"Invalid username {username!r}: {' '.join(exc.messages)}"
+                ) from None
             user = User.objects.create_user(username=username)
             user.set_unusable_password()
             user.save()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import importlib
+import io
 import json
 import logging
 import time
@@ -13,28 +15,19 @@ from typing import Any
 
 import jwt
 import pytest
+from asgiref.sync import async_to_sync, sync_to_async
 from django.contrib.auth import get_user_model
 from django.core.exceptions import SuspiciousOperation
-from django.test import AsyncRequestFactory
-from rest_framework.authentication import SessionAuthentication, TokenAuthentication
-from rest_framework.settings import api_settings
+from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
-from rest_framework.views import APIView
 
-from chatproject import authentication as auth
-from chatproject.authentication import (
-    AccessTokenBackend,
-    AuthenticationError,
-    BearerTokenAuthentication,
-    InvalidAccessToken,
-    JWKSCache,
-    JWKSUnavailable,
-    auser_from_authorization,
-    authenticate_request,
-    oidc_username,
-    user_from_authorization,
-    verify_access_token,
-)
+from accounts.access_tokens import prefetch_key
+from accounts.access_tokens import verify_access_token as verify_held
+from accounts.backends import AccessTokenBackend
+from accounts.errors import AuthenticationError, InvalidAccessToken, JWKSUnavailable
+from accounts.jwks import JWKSCache, reset_jwks_cache
+from accounts.models import OIDCIdentity
+from accounts.services import authenticate, oidc_username
 from tests import factories
 from tests.fakes.oidc_server import AUDIENCE, CLIENT_ID, ISSUER, FakeOIDCProvider, SigningKey
 
@@ -51,30 +44,32 @@ def provider():
 
 @pytest.fixture
 def oidc_settings(settings, provider, monkeypatch):
-    """Bearer auth on, pointed at the fake provider, BearerTokenAuthentication first.
-
-    DRF reloads ``api_settings`` on ``setting_changed``, but ``APIView.authentication_classes``
-    was computed when DRF was imported, so the class attribute is patched to the new list.
-    """
+    """Bearer auth on, pointed at the fake provider (the DRF classes are always the same:
+    accounts.drf.CredentialsAuthentication, then the session)."""
     settings.OIDC_OP_ISSUER = ISSUER
     settings.OIDC_OP_JWKS_ENDPOINT = provider.jwks_url
     settings.OIDC_API_AUDIENCE = AUDIENCE
     settings.OIDC_BEARER_ENABLED = True
     settings.OIDC_JWKS_CACHE_SECONDS = 300
-    settings.REST_FRAMEWORK = {
-        **settings.REST_FRAMEWORK,
-        "DEFAULT_AUTHENTICATION_CLASSES": [
-            "chatproject.authentication.BearerTokenAuthentication",
-            "rest_framework.authentication.TokenAuthentication",
-            "rest_framework.authentication.SessionAuthentication",
-        ],
-    }
-    classes = api_settings.DEFAULT_AUTHENTICATION_CLASSES
-    assert classes == [BearerTokenAuthentication, TokenAuthentication, SessionAuthentication]
-    monkeypatch.setattr(APIView, "authentication_classes", classes)
-    auth.reset_jwks_cache()
+    reset_jwks_cache()
     yield settings
-    auth.reset_jwks_cache()
+    reset_jwks_cache()
+
+
+def verify_access_token(token: str) -> dict[str, Any]:
+    """Fetch the token's key as the middleware does, then verify it."""
+    async_to_sync(prefetch_key)(token)
+    return verify_held(token)
+
+
+def oidc_user(sub: str, issuer: str = ISSUER) -> Any:
+    """The user bound to ``sub`` of ``issuer``."""
+    return OIDCIdentity.objects.select_related("user").get(issuer=issuer, subject=sub).user
+
+
+def auth_header(value: Any) -> Any:
+    """The one authentication path, as a transport calls it."""
+    return authenticate(value, client_ip="127.0.0.1", transport="test")
 
 
 def bearer(token: str) -> APIClient:
@@ -117,15 +112,14 @@ def test_valid_token_creates_user_by_sub_and_reuses_it(oidc_settings, provider):
     first = bearer(token).get(WHOAMI)
     assert first.status_code == 200, first.content
     assert first.json() == {
-        "username": "oidc:abc-123",
-        "authenticator": "BearerTokenAuthentication",
+        "username": oidc_username(ISSUER, "abc-123"),
+        "authenticator": "CredentialsAuthentication",
     }
 
     second = bearer(provider.issue(sub="abc-123")).get(WHOAMI)
     assert second.status_code == 200
-    users = get_user_model().objects.filter(username="oidc:abc-123")
-    assert users.count() == 1
-    user = users.get()
+    assert OIDCIdentity.objects.filter(subject="abc-123").count() == 1
+    user = oidc_user("abc-123")
     assert user.email == "ann@example.test"
     assert user.first_name == "Ann"
     assert not user.has_usable_password()
@@ -222,7 +216,7 @@ def test_rejected_token_is_not_logged(oidc_settings, provider, caplog):
     token = provider.issue(aud="another-api")
     with caplog.at_level(logging.DEBUG):
         assert_401(bearer(token).get(WHOAMI))
-    assert "bad_audience" in caplog.text
+    assert any(getattr(r, "reason", None) == "bad_audience" for r in caplog.records)
     assert token not in caplog.text
     assert token.split(".")[1] not in caplog.text
 
@@ -230,19 +224,21 @@ def test_rejected_token_is_not_logged(oidc_settings, provider, caplog):
 @urls_auth
 @pytest.mark.django_db
 def test_inactive_user_401(oidc_settings, provider):
-    factories.make_user("oidc:gone", is_active=False)
+    assert bearer(provider.issue(sub="gone")).get(WHOAMI).status_code == 200
+    get_user_model().objects.filter(pk=oidc_user("gone").pk).update(is_active=False)
     assert_401(bearer(provider.issue(sub="gone")).get(WHOAMI))
 
 
 @urls_auth
 @pytest.mark.django_db
-def test_long_sub_gets_stable_hashed_username(oidc_settings, provider):
-    sub = "s" * 400
+def test_longest_sub_accepted_longer_refused(oidc_settings, provider):
+    sub = "s" * 255
     assert bearer(provider.issue(sub=sub)).get(WHOAMI).status_code == 200
     assert bearer(provider.issue(sub=sub)).get(WHOAMI).status_code == 200
-    user = get_user_model().objects.get(username=oidc_username(sub))
+    user = oidc_user(sub)
     assert len(user.username) <= 150
-    assert user.username.startswith("oidc:sha256:")
+    assert user.username == oidc_username(ISSUER, sub)
+    assert_401(bearer(provider.issue(sub="s" * 256)).get(WHOAMI))
 
 
 # --- keys: rotation, forged kids, outages -------------------------------------------------------
@@ -303,7 +299,10 @@ def test_cached_keys_survive_a_jwks_outage(oidc_settings, provider):
 def test_drf_token_auth_still_works(oidc_settings, api, user):
     response = api.get(WHOAMI)
     assert response.status_code == 200
-    assert response.json() == {"username": user.username, "authenticator": "TokenAuthentication"}
+    assert response.json() == {
+        "username": user.username,
+        "authenticator": "CredentialsAuthentication",
+    }
 
 
 @urls_auth
@@ -337,8 +336,9 @@ def test_session_auth_still_works(oidc_settings, user):
 def test_bearer_ignored_when_disabled(oidc_settings, provider):
     oidc_settings.OIDC_BEARER_ENABLED = False
     response = bearer(provider.issue()).get(WHOAMI)
-    assert_401(response)
+    assert response.status_code == 401
     assert response.json()["code"] == "not_authenticated"
+    assert response["WWW-Authenticate"] == "Token"
     assert provider.fetch_count == 0
 
 
@@ -368,7 +368,6 @@ def test_backend_constructs_without_oidc_settings(settings):
             delattr(settings, name)
     backend = AccessTokenBackend()
     assert backend.OIDC_OP_JWKS_ENDPOINT is None
-    assert BearerTokenAuthentication().backend.__class__ is AccessTokenBackend
 
 
 @pytest.mark.django_db
@@ -379,8 +378,10 @@ def test_bearer_never_calls_userinfo(oidc_settings, provider, monkeypatch):
         raise AssertionError("userinfo endpoint called")
 
     monkeypatch.setattr("mozilla_django_oidc.auth.requests.get", forbidden)
-    user = AccessTokenBackend().get_or_create_user(provider.issue(sub="u1"), None, None)
-    assert user.username == "oidc:u1"
+    token = provider.issue(sub="u1")
+    async_to_sync(prefetch_key)(token)
+    user = AccessTokenBackend().get_or_create_user(token, None, None)
+    assert user == oidc_user("u1")
 
 
 @pytest.mark.django_db
@@ -393,7 +394,7 @@ def test_browser_flow_uses_id_token_claims(oidc_settings, monkeypatch):
     backend = AccessTokenBackend()
     claims = {"iss": ISSUER, "aud": CLIENT_ID, "sub": "browser-1", "email": "b@example.test"}
     user = backend.get_or_create_user("opaque-access-token", "id.token.jwt", claims)
-    assert user.username == "oidc:browser-1"
+    assert user == oidc_user("browser-1")
     assert user.email == "b@example.test"
     with pytest.raises(SuspiciousOperation):
         backend.get_or_create_user("x", "id", {**claims, "aud": "someone-else"})
@@ -450,47 +451,50 @@ class FakeClock:
         return self.now
 
 
-def test_cache_refetch_window_and_ttl(provider):
+async def test_cache_refetch_window_and_ttl(provider):
     clock = FakeClock()
     cache = JWKSCache(provider.jwks_url, ttl=300, min_refetch_interval=30, clock=clock)
     kid = provider.current_key.kid
-    assert cache.get_signing_key(kid).key_id == kid
+    assert (await cache.key_for(kid)).key_id == kid
     assert provider.fetch_count == 1
     for _ in range(5):
         clock.now += 1
         with pytest.raises(InvalidAccessToken):
-            cache.get_signing_key("forged")
+            await cache.key_for("forged")
     assert provider.fetch_count == 2
     clock.now += 30
     new = provider.rotate(keep_old=True)
-    assert cache.get_signing_key(new.kid).key_id == new.kid  # a new window: refetch allowed
+    assert (await cache.key_for(new.kid)).key_id == new.kid  # a new window: refetch allowed
     assert provider.fetch_count == 3
     clock.now += 300
-    cache.get_signing_key(new.kid)  # ttl expired: refetch
-    assert provider.fetch_count == 4
+    assert (await cache.key_for(new.kid)).key_id == new.kid  # expired: held key answers...
+    await asyncio.sleep(0.3)
+    assert provider.fetch_count == 4  # ...while a refresh runs in the background
 
 
-def test_cache_outage_backoff_and_stale_keys(provider):
+async def test_cache_outage_backoff_and_stale_keys(provider):
     clock = FakeClock()
     cache = JWKSCache(provider.jwks_url, ttl=60, failure_backoff=5, max_stale=100, clock=clock)
     kid = provider.current_key.kid
-    cache.get_signing_key(kid)
+    await cache.key_for(kid)
     provider.available = False
     clock.now += 61
-    assert cache.get_signing_key(kid).key_id == kid  # stale key used, fetch failed
+    assert (await cache.key_for(kid)).key_id == kid  # stale key used, refresh started
+    await asyncio.sleep(0.3)
     assert provider.fetch_count == 2
     clock.now += 1
-    cache.get_signing_key(kid)  # within the backoff: no fetch
+    await cache.key_for(kid)  # within the backoff: no fetch
+    await asyncio.sleep(0.1)
     assert provider.fetch_count == 2
     clock.now += 200  # past ttl + max_stale: the stale keys are dropped
     with pytest.raises(JWKSUnavailable):
-        cache.get_signing_key(kid)
+        await cache.key_for(kid)
     provider.available = True
     clock.now += 5
-    assert cache.get_signing_key(kid).key_id == kid
+    assert (await cache.key_for(kid)).key_id == kid
 
 
-def test_cache_skips_unusable_keys_and_uses_single_key_without_kid(provider, monkeypatch):
+async def test_cache_skips_unusable_keys_and_uses_single_key_without_kid(provider, monkeypatch):
     jwks = provider.jwks()
     jwks["keys"] += [
         {"kty": "oct", "k": b64(b"secret"), "kid": "hmac"},
@@ -502,19 +506,44 @@ def test_cache_skips_unusable_keys_and_uses_single_key_without_kid(provider, mon
     cache = JWKSCache(provider.jwks_url)
     for kid in ("hmac", "enc", "confused"):
         with pytest.raises(InvalidAccessToken):
-            cache.get_signing_key(kid)
-    assert cache.get_signing_key(None).key_id == provider.current_key.kid
+            await cache.key_for(kid)
+    assert (await cache.key_for(None)).key_id == provider.current_key.kid
 
 
-# --- helper for views outside DRF ---------------------------------------------------------------
+async def test_one_fetch_in_flight_and_held_keys_answer_meanwhile(provider):
+    """A slow JWKS endpoint: concurrent unknown-kid lookups share one fetch, and a lookup
+    of a held key answers at once while that fetch runs (the event loop is never blocked)."""
+    cache = JWKSCache(provider.jwks_url, min_refetch_interval=0)
+    old = provider.current_key.kid
+    await cache.key_for(old)
+    new = provider.rotate(keep_old=True)
+    provider.delay = 1.0
+    waiters = [asyncio.create_task(cache.key_for(new.kid)) for _ in range(5)]
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    assert (await cache.key_for(old)).key_id == old
+    ticks = 0
+    while not all(task.done() for task in waiters):
+        await asyncio.sleep(0.05)
+        ticks += 1
+    assert time.monotonic() - started < 0.05 + 2.0
+    assert ticks >= 10  # the loop kept running during the fetch
+    assert {(await task).key_id for task in waiters} == {new.kid}
+    assert provider.fetch_count == 2  # the first fetch, then one for five waiters
+    assert cache.cached_key(old).key_id == old
+
+
+# --- the one path, for every transport ------------------------------------------------------------
 @pytest.mark.django_db
-def test_user_from_authorization_sync(oidc_settings, provider, user, token):
-    assert user_from_authorization(None) is None
-    assert user_from_authorization("") is None
-    assert user_from_authorization("Basic dXNlcjpwdw==") is None
-    assert user_from_authorization(f"Token {token}") == user
-    assert user_from_authorization(f"token {token}".encode()) == user
-    assert user_from_authorization(f"Bearer {provider.issue(sub='s1')}").username == "oidc:s1"
+def test_authenticate_one_path(oidc_settings, provider, user, token):
+    assert auth_header(None) is None
+    assert auth_header("") is None
+    assert auth_header("Basic dXNlcjpwdw==") is None
+    assert auth_header(f"Token {token}") == user
+    assert auth_header(f"token {token}".encode()) == user
+    jwt_token = provider.issue(sub="s1")
+    async_to_sync(prefetch_key)(jwt_token)
+    assert auth_header(f"Bearer {jwt_token}") == oidc_user("s1")
     for bad in (
         "Token nope",
         "Bearer garbage",
@@ -523,37 +552,69 @@ def test_user_from_authorization_sync(oidc_settings, provider, user, token):
         f"Bearer {provider.issue(aud='x')}",
     ):
         with pytest.raises(AuthenticationError) as info:
-            user_from_authorization(bad)
+            auth_header(bad)
         response = info.value.as_response()
         assert response.status_code == 401
         assert json.loads(response.content)["code"] == "authentication_failed"
         assert response["WWW-Authenticate"]
     oidc_settings.OIDC_BEARER_ENABLED = False
-    assert user_from_authorization(f"Bearer {provider.issue()}") is None
+    assert auth_header(f"Bearer {provider.issue()}") is None
+
+
+# --- users namespaced by issuer -------------------------------------------------------------------
+@pytest.mark.django_db
+def test_same_sub_from_two_issuers_is_two_users(oidc_settings, provider):
+    oidc_settings.OIDC_RP_CLIENT_ID = CLIENT_ID
+    async_to_sync(prefetch_key)(provider.issue())
+    backend = AccessTokenBackend()
+    first = backend.get_or_create_user(provider.issue(sub="alice"), None, None)
+    other = {"iss": "https://other.example.test", "aud": CLIENT_ID, "sub": "alice"}
+    oidc_settings.OIDC_OP_ISSUER = other["iss"]
+    second = backend.get_or_create_user("opaque", "id.token", other)
+    assert first.pk != second.pk
+    assert first.username != second.username
+    assert OIDCIdentity.objects.filter(subject="alice").count() == 2
+
+
+@urls_auth
+@pytest.mark.django_db
+def test_local_user_named_like_an_oidc_user_is_never_taken_for_it(oidc_settings, provider):
+    """A local user "oidc:alice" (the old naming) or named like a new OIDC user's hashed
+    name is not who the token for sub alice is."""
+    squatter = factories.make_user("oidc:alice")
+    hashed = factories.make_user(oidc_username(ISSUER, "bob") + "-x")
+    for sub in ("alice", "bob"):
+        token = provider.issue(sub=sub)
+        assert bearer(token).get(WHOAMI).status_code == 200
+        assert oidc_user(sub).pk not in (squatter.pk, hashed.pk)
+
+
+@pytest.mark.django_db
+def test_issue_token_refuses_the_oidc_namespace():
+    with pytest.raises(CommandError, match="Invalid username"):
+        call_command("issue_token", "oidc:alice", "--create")
+    assert not get_user_model().objects.filter(username="oidc:alice").exists()
+    call_command("issue_token", "plain-alice", "--create", stdout=io.StringIO())
+    assert get_user_model().objects.filter(username="plain-alice").exists()
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_async_helpers(oidc_settings, provider):
-    from asgiref.sync import sync_to_async
-
+async def test_authenticate_async_transports(oidc_settings, provider):
     user = await sync_to_async(factories.make_user)("carol")
     key = await sync_to_async(factories.make_token)(user)
-    rf = AsyncRequestFactory()
-
-    assert await authenticate_request(rf.get("/")) is None
-    found = await authenticate_request(rf.get("/", headers={"Authorization": f"Token {key}"}))
+    found = await sync_to_async(auth_header)(f"Token {key}")
     assert found.pk == user.pk
-    found = await authenticate_request(
-        rf.get("/", headers={"Authorization": f"Bearer {provider.issue(sub='async-1')}"})
-    )
-    assert found.username == "oidc:async-1"
-    assert await auser_from_authorization(b"Basic abc") is None
+    bearer_token = provider.issue(sub="async-1")
+    await prefetch_key(bearer_token)
+    found = await sync_to_async(auth_header)(f"Bearer {bearer_token}")
+    assert found.pk == (await sync_to_async(oidc_user)("async-1")).pk
     with pytest.raises(AuthenticationError):
-        await authenticate_request(rf.get("/", headers={"Authorization": "Token wrong"}))
+        await sync_to_async(auth_header)("Token wrong")
+    expired = provider.issue(exp=int(time.time()) - 900)
+    await prefetch_key(expired)
     with pytest.raises(InvalidAccessToken):
-        expired = provider.issue(exp=int(time.time()) - 900)
-        await authenticate_request(rf.get("/", headers={"Authorization": f"Bearer {expired}"}))
+        await sync_to_async(auth_header)(f"Bearer {expired}")
     inactive = await sync_to_async(factories.make_user)("dave", is_active=False)
     inactive_key = await sync_to_async(factories.make_token)(inactive)
     with pytest.raises(AuthenticationError):
-        await auser_from_authorization(f"Token {inactive_key}")
+        await sync_to_async(auth_header)(f"Token {inactive_key}")

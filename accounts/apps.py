@@ -1,0 +1,12 @@
+"""Who is calling: credentials of every transport, OIDC identities, throttles."""
+
+from django.apps import AppConfig
+
+
+class AccountsConfig(AppConfig):
+    name = "accounts"
+    verbose_name = "Accounts and authentication"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from accounts import openapi, throttling  # noqa: F401  (schema extension, signal receiver)
