@@ -319,7 +319,16 @@ def quota_reserve_locked(
     return reservation
 
 
-def quota_settle_locked(
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """A reservation just closed: what it charged, and the quota afterwards."""
+
+    requests_charged: int
+    tokens_charged: int
+    quota: dict[str, Any]
+
+
+def reservation_close_locked(
     *,
     user: AbstractBaseUser,
     reservation_id: uuid.UUID | str,
@@ -328,16 +337,11 @@ def quota_settle_locked(
     now: datetime | None = None,
     reserved: tuple[int, datetime] | None = None,
     status: str | None = None,
-) -> dict[str, Any] | None:
-    """:func:`quota_settle` inside the caller's transaction, returning the quota after it.
+) -> Settlement | None:
+    """:func:`quota_settle_locked`, saying what was charged (nothing across a reset).
 
-    Lock the quota row, close the reservation if it is still held (a conditional update:
-    idempotent), write the counters computed on the locked row. The same rules as
-    :func:`quota_settle` (nothing charged across a reset; reserved counters never below
-    0). Returns None, changing nothing, when the reservation was closed already; with
-    ``requests=0`` and ``tokens=0`` it releases (unless ``status`` says otherwise).
-    ``reserved``, the reservation's tokens and period as the caller made it, saves
-    reading it back.
+    Returns None, changing nothing, when the reservation was closed already (released by
+    the sweeper, say): the caller must then not record a charge either.
     """
     if requests < 0 or tokens < 0:
         raise ValueError("requests and tokens must not be negative")
@@ -387,7 +391,41 @@ def quota_settle_locked(
         },
         {"id": quota.pk},
     )
-    return quota_as_dict(quota)
+    return Settlement(
+        requests_charged=charged_requests, tokens_charged=charged_tokens, quota=quota_as_dict(quota)
+    )
+
+
+def quota_settle_locked(
+    *,
+    user: AbstractBaseUser,
+    reservation_id: uuid.UUID | str,
+    requests: int,
+    tokens: int,
+    now: datetime | None = None,
+    reserved: tuple[int, datetime] | None = None,
+    status: str | None = None,
+) -> dict[str, Any] | None:
+    """:func:`quota_settle` inside the caller's transaction, returning the quota after it.
+
+    Lock the quota row, close the reservation if it is still held (a conditional update:
+    idempotent), write the counters computed on the locked row. The same rules as
+    :func:`quota_settle` (nothing charged across a reset; reserved counters never below
+    0). Returns None, changing nothing, when the reservation was closed already; with
+    ``requests=0`` and ``tokens=0`` it releases (unless ``status`` says otherwise).
+    ``reserved``, the reservation's tokens and period as the caller made it, saves
+    reading it back. :func:`reservation_close_locked` also says what was charged.
+    """
+    settled = reservation_close_locked(
+        user=user,
+        reservation_id=reservation_id,
+        requests=requests,
+        tokens=tokens,
+        now=now,
+        reserved=reserved,
+        status=status,
+    )
+    return settled.quota if settled is not None else None
 
 
 def _close(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,7 +13,16 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from ai.models import UsageRecord
 from ai.providers.base import ChatMessage, Usage
+from ai.quota import (
+    quota_as_dict,
+    quota_lock,
+    quota_reserve_locked,
+    quota_snapshot,
+    reservation_close_locked,
+)
+from ai.services import usage_record_build, usage_records_create
 from chatproject import sql
 from chatproject.errors import Conflict, InvalidRequest, NotFound, ServiceError
 from conversations.models import Context, Conversation, Message
@@ -20,6 +30,8 @@ from conversations.selectors import history_for_model
 from flows.extraction import FlowDraft
 from flows.models import Flow
 from flows.services import flows_store
+
+logger = logging.getLogger("conversations.turn")
 
 _NAME_TAKEN = "You already have a context with this name."
 
@@ -158,8 +170,6 @@ def turn_prepare(
     query building cost more CPU than the statements themselves); with
     :func:`turn_finish`, most of a turn's fixed cost.
     """
-    from ai.quota import quota_as_dict, quota_lock, quota_reserve_locked
-
     with transaction.atomic():
         quota = quota_lock(user=user)
         context, conversation, created = _resolve_conversation(
@@ -282,25 +292,21 @@ def turn_finish(
     extraction_error: str = "",
 ) -> tuple[list[Flow], dict[str, Any]]:
     """The turn's last write, in one transaction: the reply's final text, status and usage,
-    the usage ledger, the extracted flows, and the quota settled.
+    the extracted flows, the quota settled, and the usage ledger.
 
     A request is consumed only by a complete reply; tokens for the reply and extraction
-    (see :func:`reply_tokens_charged`). Returns the stored flows and the quota afterwards.
-    """
-    from ai.quota import quota_settle_locked, quota_snapshot
-    from ai.services import usage_record_build, usage_records_create
+    (see :func:`reply_tokens_charged`). The ledger says what was really charged: nothing
+    when the reservation was closed already or taken in an earlier quota period. Returns
+    the stored flows and the quota afterwards.
 
+    The reply is finished only if it is still ``streaming``: one the stale-reply sweeper
+    marked ``interrupted`` meanwhile (its heartbeat stalled) keeps that verdict, and one
+    that was deleted stays deleted (see :func:`_turn_lost`; ``outcome`` then says what
+    is stored).
+    """
     message = turn.assistant_message
-    ledger = {
-        "user": message.user,
-        "context": message.conversation.context,
-        "conversation": message.conversation,
-        "message": message,
-        "provider": message.provider,
-        "model": message.model,
-    }
     with transaction.atomic():
-        sql.update(
+        finished = sql.update(
             Message,
             {
                 "content": outcome.content,
@@ -313,48 +319,166 @@ def turn_finish(
                 "usage_estimated": outcome.usage.estimated,
                 "updated_at": timezone.now(),
             },
-            {"id": message.pk},
+            {"id": message.pk, "status": Message.Status.STREAMING},
         )
-        tokens = reply_tokens_charged(outcome)
-        ledger_lines = [
-            usage_record_build(
-                **ledger,
-                purpose="reply",
-                input_tokens=outcome.usage.input_tokens,
-                output_tokens=outcome.usage.output_tokens,
-                estimated=outcome.usage.estimated,
-                tokens_charged=tokens,
-                outcome=outcome.status,
-                error_code=outcome.error_code,
-                duration_ms=outcome.duration_ms,
+        if not finished:
+            return [], _turn_lost(
+                turn=turn,
+                outcome=outcome,
+                extraction_usage=extraction_usage,
+                extraction_error=extraction_error,
             )
-        ]
         flows = flows_store(message=message, context_id=turn.context_id, drafts=drafts)
-        if extraction_usage is not None or extraction_error:
-            used = extraction_usage or Usage()
-            tokens += used.total
-            ledger_lines.append(
-                usage_record_build(
-                    **ledger,
-                    purpose="extraction",
-                    input_tokens=used.input_tokens,
-                    output_tokens=used.output_tokens,
-                    estimated=used.estimated,
-                    tokens_charged=used.total,
-                    outcome="failed" if extraction_error else "complete",
-                    error_code=extraction_error,
-                )
-            )
-        usage_records_create(ledger_lines)  # one INSERT for the reply and the extraction
-        complete = outcome.status == Message.Status.COMPLETE
-        quota = quota_settle_locked(
+        extraction = _extraction_used(extraction_usage, extraction_error)
+        tokens = reply_tokens_charged(outcome) + (extraction.total if extraction else 0)
+        settled = reservation_close_locked(
             user=message.user,
             reservation_id=turn.reservation_id,
             reserved=turn.reserved,
-            requests=1 if complete else 0,
+            requests=1 if outcome.status == Message.Status.COMPLETE else 0,
             tokens=tokens,
         )
-        return flows, quota if quota is not None else quota_snapshot(user=message.user)
+        charged = settled is not None and settled.tokens_charged == tokens
+        usage_records_create(  # one INSERT for the reply and the extraction
+            _ledger_lines(
+                turn=turn,
+                outcome=outcome,
+                reply_outcome=outcome.status,
+                extraction=extraction,
+                extraction_error=extraction_error,
+                charged=charged,
+                links=(message.conversation.context, message.conversation, message),
+            )
+        )
+        return flows, settled.quota if settled is not None else quota_snapshot(user=message.user)
+
+
+def _extraction_used(usage: Usage | None, error: str) -> Usage | None:
+    """The extraction's usage if one ran (an error counts as one that used nothing)."""
+    return usage or Usage() if usage is not None or error else None
+
+
+def _ledger_lines(
+    *,
+    turn: PreparedTurn,
+    outcome: ReplyOutcome,
+    reply_outcome: str,
+    extraction: Usage | None,
+    extraction_error: str,
+    charged: bool,
+    links: tuple[Context | None, Conversation | None, Message | None],
+) -> list[UsageRecord]:
+    """The usage ledger's lines of a turn: the reply's and, if one ran, the extraction's;
+    ``charged`` says whether their tokens were counted against the quota."""
+    message = turn.assistant_message
+    context, conversation, stored = links
+    common = {
+        "user": message.user,
+        "context": context,
+        "conversation": conversation,
+        "message": stored,
+        "provider": message.provider,
+        "model": message.model,
+    }
+    lines = [
+        usage_record_build(
+            **common,
+            purpose="reply",
+            input_tokens=outcome.usage.input_tokens,
+            output_tokens=outcome.usage.output_tokens,
+            estimated=outcome.usage.estimated,
+            tokens_charged=reply_tokens_charged(outcome) if charged else 0,
+            outcome=reply_outcome,
+            error_code=outcome.error_code,
+            duration_ms=outcome.duration_ms,
+        )
+    ]
+    if extraction is not None:
+        lines.append(
+            usage_record_build(
+                **common,
+                purpose="extraction",
+                input_tokens=extraction.input_tokens,
+                output_tokens=extraction.output_tokens,
+                estimated=extraction.estimated,
+                tokens_charged=extraction.total if charged else 0,
+                outcome="failed" if extraction_error else "complete",
+                error_code=extraction_error,
+            )
+        )
+    return lines
+
+
+def _turn_lost(
+    *,
+    turn: PreparedTurn,
+    outcome: ReplyOutcome,
+    extraction_usage: Usage | None,
+    extraction_error: str,
+) -> dict[str, Any]:
+    """Finish a turn whose reply is no longer ``streaming`` (in the caller's transaction);
+    the quota afterwards.
+
+    Interrupted by the sweeper: its reservation was released with it, so nothing is
+    charged now (neither twice nor after the release). Deleted with its conversation:
+    the reservation, if still held, is released. Either way nothing is stored over the
+    reply, no flows are kept, and the ledger records the calls with nothing charged, so
+    the counters still equal the ledger. ``outcome`` is set to what is stored (for a reply
+    that is gone: ``interrupted``), so the client hears what a resume would replay.
+    """
+    message = turn.assistant_message
+    found = sql.select(Message, {"id": message.pk}, fields=_REPLY_END)
+    if found:
+        stored = found[0]
+        outcome.status, outcome.finish_reason = stored.status, stored.finish_reason
+        outcome.error_code, outcome.error_retryable = stored.error_code, stored.error_retryable
+        outcome.content = stored.content
+        links: tuple[Context | None, Conversation | None, Message | None] = (
+            message.conversation.context,
+            message.conversation,
+            stored,
+        )
+    else:
+        outcome.status = Message.Status.INTERRUPTED
+        outcome.finish_reason = Message.FinishReason.INTERRUPTED
+        outcome.error_code, outcome.error_retryable = "internal_error", True
+        conversation = sql.select(Conversation, {"id": turn.conversation_id}, fields=("id",))
+        context = sql.select(Context, {"id": turn.context_id}, fields=("id",))
+        links = (context[0] if context else None, conversation[0] if conversation else None, None)
+    released = reservation_close_locked(
+        user=message.user, reservation_id=turn.reservation_id, requests=0, tokens=0
+    )
+    reply_outcome = (
+        outcome.status
+        if outcome.status in UsageRecord.Outcome.values
+        else UsageRecord.Outcome.INTERRUPTED
+    )
+    usage_records_create(
+        _ledger_lines(
+            turn=turn,
+            outcome=outcome,
+            reply_outcome=reply_outcome,
+            extraction=_extraction_used(extraction_usage, extraction_error),
+            extraction_error=extraction_error,
+            charged=False,
+            links=links,
+        )
+    )
+    logger.warning(
+        "turn.finish_lost",
+        extra={
+            "message_id": str(message.pk),
+            "conversation_id": str(turn.conversation_id),
+            "stored_status": outcome.status if found else "gone",
+            "reservation_released": released is not None,
+        },
+    )
+    return released.quota if released is not None else quota_snapshot(user=message.user)
+
+
+#: The fields of a reply that say how it ended (in the model's order: ``sql.select`` loads
+#: them through ``Model.from_db``, which takes a subset of fields in that order).
+_REPLY_END = ("id", "content", "status", "finish_reason", "error_code", "error_retryable")
 
 
 def message_request_cancel(*, message_id: uuid.UUID) -> bool:

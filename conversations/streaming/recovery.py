@@ -20,8 +20,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from ai.quota import reservations_release_stale
 from chatproject.db import db_run
 from conversations.models import Message
+from conversations.streaming.generations import registry
 
 logger = logging.getLogger("conversations.recovery")
 
@@ -29,14 +31,19 @@ _task: asyncio.Task[None] | None = None
 
 
 def messages_interrupt_stale(*, stale_after: timedelta, keep: Iterable[uuid.UUID] = ()) -> int:
-    """Mark stale ``streaming`` replies ``interrupted`` and release their reservations."""
-    from ai.quota import reservations_release_stale
+    """Mark stale ``streaming`` replies ``interrupted`` and release their reservations.
 
+    The replies are locked as they are chosen, skipping any a finishing turn holds: a
+    reply is either finished by its turn or interrupted here, never both, and only the
+    reservations of the replies interrupted here are released. Returns how many.
+    """
     cutoff = timezone.now() - stale_after
     with transaction.atomic():
         ids = list(
-            Message.objects.filter(status=Message.Status.STREAMING, updated_at__lt=cutoff)
+            Message.objects.select_for_update(skip_locked=True)
+            .filter(status=Message.Status.STREAMING, updated_at__lt=cutoff)
             .exclude(pk__in=list(keep))
+            .order_by("pk")
             .values_list("pk", flat=True)
         )
         if not ids:
@@ -54,8 +61,6 @@ def messages_interrupt_stale(*, stale_after: timedelta, keep: Iterable[uuid.UUID
 
 
 async def _sweep_forever() -> None:
-    from conversations.streaming.generations import registry
-
     stale_after = timedelta(seconds=settings.CHAT_STALE_SECONDS)
     interval = max(0.5, min(10.0, settings.CHAT_STALE_SECONDS / 3))
     while True:
