@@ -515,20 +515,24 @@ def reservations_release_stale(
     """Release held reservations of replies that will never finish; returns how many.
 
     ``message_ids``: reservations of these messages (e.g. the ones just marked
-    ``interrupted`` at start-up). ``older_than``: reservations held longer than this (a
-    safety net longer than ``CHAT_STREAM_TIMEOUT_SECONDS``). Both given: either matches.
-    At least one is required, so a live process's replies are never released by accident.
+    ``interrupted``). ``older_than``: reservations held longer than this whose reply is not
+    ``streaming`` (gone, or ended without settling them: a leak), the sweeper's safety net;
+    a streaming reply's reservation is left to the heartbeat check, however old. Both
+    given: either matches. At least one is required, so a live process's replies are
+    never released by accident. Quota rows are locked in user order (two sweepers in one
+    transaction each cannot deadlock on them).
     """
     if message_ids is None and older_than is None:
         raise ValueError("Give message_ids or older_than.")
     now = now or timezone.now()
     held = Reservation.objects.filter(status=Reservation.Status.HELD)
-    ids: set[uuid.UUID] = set()
+    found: set[tuple[int, uuid.UUID]] = set()
     if message_ids is not None:
-        ids.update(held.filter(message_id__in=list(message_ids)).values_list("pk", flat=True))
+        found.update(held.filter(message_id__in=list(message_ids)).values_list("user_id", "pk"))
     if older_than is not None:
-        ids.update(held.filter(created_at__lt=now - older_than).values_list("pk", flat=True))
-    return sum(quota_release(reservation_id=pk, now=now) for pk in ids)
+        leaked = held.filter(created_at__lt=now - older_than).exclude(message__status="streaming")
+        found.update(leaked.values_list("user_id", "pk"))
+    return sum(quota_release(reservation_id=pk, now=now) for _user, pk in sorted(found))
 
 
 # --- Resets and limits ----------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from ai.models import UsageRecord
@@ -62,18 +63,34 @@ def context_update(*, context: Context, data: dict[str, Any]) -> Context:
     return context
 
 
-def _ensure_not_streaming(qs) -> None:  # type: ignore[no-untyped-def]
-    if qs.filter(status=Message.Status.STREAMING).exists():
-        raise Conflict(
-            "A reply is streaming; cancel it or wait for it to finish.",
-            code="conversation_busy",
-        )
+def _delete_unless_streaming(
+    *, owner: AbstractBaseUser, messages: QuerySet[Message], obj: Any
+) -> None:
+    """Delete ``obj`` unless one of ``messages`` (its messages) is a reply streaming.
+
+    The check and the delete are one transaction, ordered with a turn's start by the
+    owner's quota lock (the lock :func:`turn_prepare` takes first): a turn starting in
+    ``obj`` meanwhile either committed before the check (409 ``conversation_busy``) or
+    starts after the delete (404). Never a reply, and a held reservation, left in a
+    conversation that no longer exists.
+    """
+    with transaction.atomic():
+        quota_lock(user=owner)
+        if messages.filter(status=Message.Status.STREAMING).exists():
+            raise Conflict(
+                "A reply is streaming; cancel it or wait for it to finish.",
+                code="conversation_busy",
+            )
+        obj.delete()
 
 
 def context_delete(*, context: Context) -> None:
     """Delete a context with its conversations and flows (409 while a reply streams)."""
-    _ensure_not_streaming(Message.objects.filter(conversation__context=context))
-    context.delete()
+    _delete_unless_streaming(
+        owner=context.user,
+        messages=Message.objects.filter(conversation__context=context),
+        obj=context,
+    )
 
 
 def conversation_update(*, conversation: Conversation, title: str) -> Conversation:
@@ -84,8 +101,11 @@ def conversation_update(*, conversation: Conversation, title: str) -> Conversati
 
 def conversation_delete(*, conversation: Conversation) -> None:
     """Delete a conversation and its messages (409 while a reply streams)."""
-    _ensure_not_streaming(conversation.messages.all())
-    conversation.delete()
+    _delete_unless_streaming(
+        owner=conversation.user,
+        messages=Message.objects.filter(conversation=conversation),
+        obj=conversation,
+    )
 
 
 # --- The chat turn's writes ----------------------------------------------------------------

@@ -6,6 +6,10 @@ belongs to a process that died: it is marked ``interrupted``, keeping its text, 
 quota reservation is released. Generations this process runs are never touched, nor are
 those of live processes (they keep beating). Each server process runs the sweeper from
 its first request on, so a restarted server cleans up after the one that died.
+
+The sweeper also releases any reservation still ``held`` long after every reply could
+have ended whose reply is not streaming (a turn that died between its writes, a reply
+removed behind the API's back): the safety net that keeps a leak from lasting forever.
 """
 
 from __future__ import annotations
@@ -60,13 +64,34 @@ def messages_interrupt_stale(*, stale_after: timedelta, keep: Iterable[uuid.UUID
     return len(ids)
 
 
+def reservation_max_age() -> timedelta:
+    """How long a reservation may be held at most by a turn that is still running: its
+    generation's timeout, then the flow extraction's, with the stale bound as margin."""
+    return timedelta(
+        seconds=settings.CHAT_STREAM_TIMEOUT_SECONDS
+        + settings.AI_TIMEOUT_SECONDS
+        + 2 * settings.CHAT_STALE_SECONDS
+    )
+
+
+def sweep(*, stale_after: timedelta, keep: Iterable[uuid.UUID] = ()) -> tuple[int, int]:
+    """One round of the sweeper: stale replies interrupted, then leaked reservations (held
+    past :func:`reservation_max_age`, their reply not streaming) released. Returns both
+    counts."""
+    interrupted = messages_interrupt_stale(stale_after=stale_after, keep=keep)
+    leaked = reservations_release_stale(older_than=reservation_max_age())
+    if leaked:
+        logger.warning("recovery.reservations_released", extra={"reservations": leaked})
+    return interrupted, leaked
+
+
 async def _sweep_forever() -> None:
     stale_after = timedelta(seconds=settings.CHAT_STALE_SECONDS)
     interval = max(0.5, min(10.0, settings.CHAT_STALE_SECONDS / 3))
     while True:
         try:
             keep = [generation.message_id for generation in registry.all()]
-            await db_run(messages_interrupt_stale, stale_after=stale_after, keep=keep)
+            await db_run(sweep, stale_after=stale_after, keep=keep)
         except Exception:
             logger.warning("recovery.sweep_failed", exc_info=True)
         await asyncio.sleep(interval)

@@ -28,6 +28,7 @@ from ai.providers.base import (
     estimate_messages_tokens,
     estimate_tokens,
 )
+from ai.quota import quota_release
 from chatproject import metrics
 from chatproject.db import db_run
 from chatproject.errors import InvalidRequest, ServiceError
@@ -316,10 +317,12 @@ async def _store(
     turn: PreparedTurn, provider: Provider, outcome: ReplyOutcome, log: dict
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Extract flows, then store the reply and the flows and settle the quota in one
-    transaction; the stored flows and the quota afterwards.
+    transaction; the stored flows and the quota afterwards. ``outcome`` ends as stored (a
+    reply the sweeper interrupted meanwhile stays ``interrupted``: see ``turn_finish``).
 
-    A failure here turns the outcome into ``failed`` / ``internal_error``; what was not
-    stored is cleaned up by the stale-reply sweeper.
+    A failure here turns the outcome into ``failed`` / ``internal_error`` and releases the
+    reservation at once (a hold nothing would ever close if the reply is gone); the reply
+    left ``streaming`` is marked ``interrupted`` by the stale-reply sweeper.
     """
     try:
         drafts, extraction_usage, extraction_error = await _extract(
@@ -337,6 +340,10 @@ async def _store(
         logger.error("turn.store_failed", extra=log, exc_info=exc)
         outcome.status, outcome.error_code = Message.Status.FAILED, "internal_error"
         outcome.error_retryable = True
+        try:
+            await db_run(quota_release, reservation_id=turn.reservation_id)
+        except Exception:
+            logger.warning("turn.release_failed", extra=log)  # the sweeper's safety net
         return [], turn.quota
     return [flow_to_dict(flow) for flow in stored], quota
 

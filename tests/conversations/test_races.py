@@ -26,10 +26,13 @@ from django.utils import timezone
 
 from ai.models import Quota, Reservation, UsageRecord
 from ai.providers.base import Usage
-from conversations.models import Conversation, Message
+from chatproject.errors import Conflict, NotFound, ServiceError
+from conversations.models import Context, Conversation, Message
 from conversations.services import (
     PreparedTurn,
     ReplyOutcome,
+    context_delete,
+    conversation_delete,
     message_request_cancel,
     turn_finish,
 )
@@ -122,6 +125,70 @@ def make_stale(turn: PreparedTurn) -> None:
 
 
 # --- delete during a turn ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("what", ["conversation", "context"])
+def test_delete_while_a_turn_is_starting_waits_for_it_and_answers_409(what: str) -> None:
+    """The delete's check ("nothing streams") and its delete are one unit ordered with the
+    turn's start (the user's quota lock): a turn starting meanwhile is seen, not orphaned."""
+    user = factories.make_user("deleter")
+    context = factories.make_context(user)
+    conversation = factories.make_conversation(context)
+    started: list[PreparedTurn] = []
+    thread, ran = hold_open(
+        lambda: started.append(start_turn(user, conversation_id=conversation.id)), seconds=1.0
+    )
+    assert ran.wait(10)
+    try:
+        with pytest.raises(Conflict) as refused:
+            if what == "conversation":
+                conversation_delete(conversation=conversation)
+            else:
+                context_delete(context=Context.objects.get(pk=context.pk))
+        assert refused.value.code == "conversation_busy"
+    finally:
+        thread.join(15)
+    assert not thread.errors  # type: ignore[attr-defined]
+    assert Conversation.objects.filter(pk=conversation.pk).exists()
+    finish(started[0])
+    assert_invariant(user)
+    conversation_delete(conversation=conversation)  # once the reply ended, it goes
+    assert not Conversation.objects.filter(pk=conversation.pk).exists()
+
+
+def test_concurrent_streams_and_deletes_leave_nothing_held() -> None:
+    """Fifteen pairs of "start a turn and finish it" and "delete its context", raced."""
+    pairs = []
+    for i in range(15):
+        user = factories.make_user(f"pair{i}")
+        pairs.append((user, factories.make_context(user)))
+
+    def turn_of(user: AbstractBaseUser, context: Context) -> Callable[[], str]:
+        def run() -> str:
+            turn = start_turn(user, context_id=context.id)
+            return finish(turn).status
+
+        return run
+
+    def delete_of(context: Context) -> Callable[[], str]:
+        def run() -> str:
+            context_delete(context=Context.objects.get(pk=context.pk))
+            return "deleted"
+
+        return run
+
+    fns = []
+    for user, context in pairs:
+        fns += [turn_of(user, context), delete_of(context)]
+    outcomes = race(*fns)
+    for outcome in outcomes:
+        # A turn either ran or found its context gone; a delete either ran or met the reply.
+        if isinstance(outcome, ServiceError):
+            assert isinstance(outcome, NotFound | Conflict), outcome
+        else:
+            assert outcome in ("complete", "deleted"), outcome
+    for user, _context in pairs:
+        assert_invariant(user)
 
 
 def test_a_turn_whose_conversation_vanished_releases_its_reservation() -> None:
