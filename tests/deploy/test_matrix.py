@@ -145,6 +145,17 @@ def check_stored(client: httpx.Client, meta: dict[str, Any], text: str, row: Row
     assert user_message["role"] == "user" and user_message["status"] == "complete"
 
 
+def check_static(deployment: Deployment, static_root: Path) -> None:
+    """``collectstatic`` wrote to ``DJANGO_STATIC_ROOT`` and daphne serves those files."""
+    manifest = json.loads((static_root / "staticfiles.json").read_text())
+    hashed = sorted(name for name in manifest["paths"].values() if name.endswith(".js"))
+    assert hashed, manifest
+    response = httpx.get(f"{deployment.url}/static/{hashed[0]}")
+    assert response.status_code == 200, (hashed[0], response.status_code)
+    assert "javascript" in response.headers["content-type"]
+    assert "immutable" in response.headers.get("cache-control", "")
+
+
 def ws_turn(deployment: Deployment, subprotocols: list[str], context_id: str) -> list[dict]:
     """One chat turn over the WebSocket, opened as a browser on the server's origin would."""
     frames: list[dict[str, Any]] = []
@@ -193,7 +204,8 @@ def browser_login(client: httpx.Client, deployment: Deployment, login: FakeOIDCL
 @pytest.mark.parametrize("row", ROWS, ids=lambda row: row.id)
 def test_configuration_starts_and_serves_a_full_turn(row: Row, tmp_path: Path):
     with contextlib.ExitStack() as stack:
-        settings: dict[str, str] = {"DJANGO_STATIC_ROOT": str(tmp_path / "static")}
+        static_root = tmp_path / "static"
+        settings: dict[str, str] = {"DJANGO_STATIC_ROOT": str(static_root)}
         if row.storage == "sqlite":
             settings["DATABASE_URL"] = f"sqlite:///{tmp_path / 'db.sqlite3'}"
         else:
@@ -247,6 +259,9 @@ def test_configuration_starts_and_serves_a_full_turn(row: Row, tmp_path: Path):
 
         assert httpx.get(f"{deployment.url}/api/v1/quota/").status_code == 401
         assert httpx.get(f"{deployment.url}/accounts/login/").status_code == 200
+        check_static(deployment, static_root)
+        missing = httpx.get(f"{deployment.url}/no-such-page/")
+        assert missing.status_code == 404 and "URLconf" not in missing.text  # DEBUG is off
 
         with httpx.Client(
             base_url=deployment.url, headers={"Authorization": authorization}, timeout=30
