@@ -3,10 +3,11 @@
 from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from accounts.throttling import login_throttled
 from chatproject import health, metrics
+from web.csp import content_security_policy
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
@@ -16,7 +17,17 @@ urlpatterns = [
     path("admin/login/", login_throttled(admin.site.login)),
     path("admin/", admin.site.urls),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    # Swagger UI from drf-spectacular-sidecar's static files; its init script is a second
+    # same-origin URL (?script), so the page runs under the strict CSP of web/csp.py.
+    path(
+        "api/v1/docs/",
+        content_security_policy(
+            SpectacularSwaggerSplitView.as_view(
+                url_name="schema", template_name="web/api_docs.html"
+            )
+        ),
+        name="docs",
+    ),
     path("api/v1/", include("conversations.urls")),
     path("api/v1/", include("flows.urls")),
     path("api/v1/", include("ai.urls")),

@@ -3,7 +3,10 @@
 The chat page runs no inline script and needs no inline style: everything is in
 ``web/static/web/`` (ES modules and one stylesheet), so a strict policy fits. It is set
 here, per view, rather than in settings: the API answers JSON and SSE, which a browser
-never renders as a document, so only the HTML pages need it.
+never renders as a document, so only the HTML pages need it. The API docs page
+(``/api/v1/docs/``, chatproject/urls.py) runs under the same policy: Swagger UI from
+drf-spectacular-sidecar's static files, its init script a separate same-origin URL, its
+one stylesheet in ``web/static/web/api_docs.css``.
 """
 
 from __future__ import annotations
