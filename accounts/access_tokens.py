@@ -24,8 +24,6 @@ ALLOWED_TYPES = frozenset({"jwt", "at+jwt"})
 #: Payload ``typ`` claims that mark a token as not an access token (Keycloak's id/refresh
 #: tokens carry ``typ: "ID"`` / ``"Refresh"`` with a header ``typ: "JWT"``).
 REJECTED_PAYLOAD_TYPES = frozenset({"id", "refresh", "logout"})
-#: Clock skew tolerated for ``exp``, ``nbf`` and ``iat``.
-LEEWAY_SECONDS = 30
 #: Longer tokens are refused before parsing.
 MAX_TOKEN_LENGTH = 16_384
 #: OpenID Connect Core 1.0, section 2: ``sub`` is at most 255 ASCII characters.
@@ -90,7 +88,7 @@ def verify_access_token(token: str) -> dict[str, Any]:
     (so ``none`` and ``HS256`` never pass), header ``typ`` absent, ``JWT`` or ``at+jwt``,
     signature against the held key named by ``kid``, ``iss`` == ``OIDC_OP_ISSUER``, ``aud``
     (string or list) containing ``OIDC_API_AUDIENCE``, ``exp`` required, ``nbf``/``iat``
-    when present (leeway :data:`LEEWAY_SECONDS`), ``sub`` a non-empty string of at most 255
+    when present (leeway ``OIDC_LEEWAY_SECONDS``), ``sub`` a non-empty string of at most 255
     characters. An id token is refused by its audience (the client id, not the API) and,
     for Keycloak, by its ``typ`` claim. With ``OIDC_API_AUDIENCE`` unset every token is
     refused (fail closed). No I/O: the key must be held (:func:`prefetch_key`).
@@ -113,7 +111,7 @@ def verify_access_token(token: str) -> dict[str, Any]:
             algorithms=[alg],
             issuer=issuer,
             audience=audience,
-            leeway=LEEWAY_SECONDS,
+            leeway=settings.OIDC_LEEWAY_SECONDS,
             options={"require": ["exp", "iss", "aud", "sub"]},
         )
     except jwt.MissingRequiredClaimError as exc:
