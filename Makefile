@@ -15,7 +15,18 @@ $(VENV)/.installed: requirements.txt
 
 install: $(VENV)/.installed
 
-migrate: install
+# The server refuses to start without DJANGO_SECRET_KEY (DJANGO_DEBUG off, as in
+# production): `make run`, `make migrate` and `make cluster` use one made for this
+# checkout, random and kept in the gitignored .run/secret_key, unless DJANGO_SECRET_KEY
+# is set.
+LOCAL_SECRET_KEY := .run/secret_key
+migrate run cluster: export DJANGO_SECRET_KEY ?= $(shell cat $(LOCAL_SECRET_KEY) 2>/dev/null)
+
+$(LOCAL_SECRET_KEY):
+	mkdir -p $(@D)
+	umask 077 && $(PYTHON) -c "import secrets; print(secrets.token_urlsafe(50))" > $@
+
+migrate: install $(LOCAL_SECRET_KEY)
 	$(PY) manage.py migrate --noinput
 
 run: migrate
@@ -29,7 +40,7 @@ lint: install
 
 test: install
 	$(VENV)/bin/ruff check .
-	$(PY) manage.py makemigrations --check --dry-run
+	DJANGO_SETTINGS_MODULE=tests.settings $(PY) manage.py makemigrations --check --dry-run
 	bash scripts/ensure_chromium.sh
 	bash scripts/ensure_nginx.sh
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
@@ -40,7 +51,7 @@ bench: install
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 # N daphne processes (default 2) on PostgreSQL + Redis behind a private nginx (docs/operations.md).
-cluster: install
+cluster: install $(LOCAL_SECRET_KEY)
 	bash scripts/ensure_nginx.sh
 	$(PY) scripts/cluster.py $(N)
 

@@ -32,6 +32,7 @@ import contextlib
 import json
 import os
 import platform
+import secrets
 import shutil
 import socket
 import subprocess
@@ -177,6 +178,10 @@ print("BENCH", token.key, context.id)
 """
 
 
+#: The product's DJANGO_SECRET_KEY for a benchmark run (no sessions outlive it).
+BENCH_SECRET_KEY = secrets.token_urlsafe(50)
+
+
 def product_env(base: dict[str, str], upstream_url: str, database_url: str, redis: bool) -> dict:
     env = {
         **base,
@@ -189,6 +194,8 @@ def product_env(base: dict[str, str], upstream_url: str, database_url: str, redi
         "QUOTA_TOKENS_LIMIT": str(10**15),
         "CHAT_MAX_CONCURRENT_STREAMS": "100000",
         "DJANGO_DEBUG": "false",
+        # A production start needs a real key (chatproject/settings.py); any will do here.
+        "DJANGO_SECRET_KEY": BENCH_SECRET_KEY,
         "LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",
     }
@@ -212,6 +219,10 @@ def prepare_database(tmp: Path, postgres: bool) -> str:
 def setup_product(env: dict[str, str]) -> tuple[str, str]:
     subprocess.run(
         [PY, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True
+    )
+    # daphne refuses to start without the collected static files (DJANGO_DEBUG off).
+    subprocess.run(
+        [PY, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True
     )
     out = subprocess.run(
         [PY, "manage.py", "shell", "-c", SETUP],

@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import random
+import secrets
 import socket
 import subprocess
 import sys
@@ -90,10 +91,16 @@ def flush_redis_db(url: str) -> None:
     redis.Redis.from_url(url).flushdb()
 
 
+#: The servers' DJANGO_SECRET_KEY for this soak (one for all its processes).
+SOAK_SECRET_KEY = secrets.token_urlsafe(50)
+
+
 def server_env(args: argparse.Namespace) -> dict[str, str]:
     return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "chatproject.settings",
+        # A production start needs a real key (chatproject/settings.py); any will do here.
+        "DJANGO_SECRET_KEY": os.environ.get("DJANGO_SECRET_KEY") or SOAK_SECRET_KEY,
         "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{args.db_name}",
         "REDIS_URL": f"redis://127.0.0.1:6379/{args.redis_db}",
         "AI_PROVIDER": "mock",
@@ -449,10 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     env = server_env(args)
     create_database(args.db_name)
     flush_redis_db(env["REDIS_URL"])
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-        cwd=ROOT, env=env, check=True,
-    )  # fmt: skip
+    for command in (["migrate", "--noinput"], ["collectstatic", "--noinput"]):
+        subprocess.run(
+            [sys.executable, "manage.py", *command, "-v", "0"], cwd=ROOT, env=env, check=True
+        )
     os.environ.update(
         {
             k: env[k]

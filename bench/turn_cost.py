@@ -37,6 +37,9 @@ import time  # noqa: E402
 def _configure(postgres: bool, tmp: str) -> None:
     os.environ["DJANGO_SETTINGS_MODULE"] = "chatproject.settings"
     os.environ.setdefault("DJANGO_DEBUG", "false")
+    os.environ.setdefault(
+        "DJANGO_SECRET_KEY", "bench-turn-cost-in-process-only-not-a-production-key"
+    )
     os.environ["LOG_LEVEL"] = "WARNING"
     os.environ["QUOTA_REQUESTS_LIMIT"] = "1000000000"
     os.environ["QUOTA_TOKENS_LIMIT"] = str(10**15)

@@ -12,10 +12,11 @@ from django.conf import settings  # noqa: E402
 
 from accounts.ws import SameOriginValidator, TokenOrSessionAuthMiddlewareStack  # noqa: E402
 from chatproject.asgi_limits import BodySizeLimitMiddleware  # noqa: E402
-from chatproject.startup import report_system_checks  # noqa: E402
+from chatproject.startup import check_server_start  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
 
-report_system_checks()
+# Logs what the system checks find; refuses to start without the collected static files.
+check_server_start()
 
 CHAT_PATHS = ("/api/v1/conversations/stream", "/api/ai/chat/stream")
 

@@ -1,17 +1,41 @@
 """What a server process does when it starts: report configuration problems loudly.
 
 daphne runs no system checks, so the ASGI module runs them once and logs every error and
-warning in the words of the check (what to set). The process still serves: an
-unconfigured provider answers 503 ``ai_unavailable`` rather than taking the API down.
+warning in the words of the check (what to set). The process still serves on most of
+them: an unconfigured provider answers 503 ``ai_unavailable`` rather than taking the API
+down. It refuses to start only when it could not serve at all, e.g. without the
+collected static files (every page naming one would answer 500): see
+:func:`check_server_start`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+
+from chatproject.checks import check_static_files
 
 logger = logging.getLogger("chatproject.startup")
+
+#: Checks run only at server start (``migrate`` and ``collectstatic`` must work without
+#: them passing); an error of theirs stops the process.
+FATAL_START_CHECKS: Sequence[Callable[..., list[checks.CheckMessage]]] = (check_static_files,)
+
+
+def _log(message: checks.CheckMessage) -> None:
+    level = logging.ERROR if message.level >= checks.ERROR else logging.WARNING
+    logger.log(
+        level,
+        "startup.check %s: %s%s",
+        message.id,
+        message.msg,
+        f" HINT: {message.hint}" if message.hint else "",
+        extra={"check_id": message.id},
+    )
 
 
 def report_system_checks() -> int:
@@ -20,14 +44,28 @@ def report_system_checks() -> int:
     for message in checks.run_checks():
         if message.is_silenced():
             continue
-        level = logging.ERROR if message.level >= checks.ERROR else logging.WARNING
         errors += message.level >= checks.ERROR
-        logger.log(
-            level,
-            "startup.check %s: %s%s",
-            message.id,
-            message.msg,
-            f" HINT: {message.hint}" if message.hint else "",
-            extra={"check_id": message.id},
-        )
+        _log(message)
     return errors
+
+
+def check_server_start(fatal_checks: Sequence[Callable[..., Any]] = FATAL_START_CHECKS) -> None:
+    """Log every system check finding, then raise on an error of ``fatal_checks``.
+
+    Raises :class:`ImproperlyConfigured` (daphne exits with its message) when the process
+    could not serve, saying what to run or set.
+    """
+    report_system_checks()
+    fatal = [
+        message
+        for check in fatal_checks
+        for message in check(None)
+        if message.level >= checks.ERROR and not message.is_silenced()
+    ]
+    for message in fatal:
+        _log(message)
+    if fatal:
+        raise ImproperlyConfigured(
+            "The server cannot start: "
+            + " ".join(f"{m.msg} {m.hint or ''}".strip() + f" ({m.id})" for m in fatal)
+        )

@@ -466,6 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=args.port,
         daphne_ports=[args.daphne_port + i for i in range(args.size)],
         env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+        # Where collectstatic (below) writes: the settings' STATIC_ROOT.
+        static_root=Path(os.environ.get("DJANGO_STATIC_ROOT") or ROOT / "staticfiles"),
         keep=args.keep,
     )
     stopping = False
