@@ -9,7 +9,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 
 from ai.models import Quota, Reservation, UsageRecord
-from ai.quota import quota_get_or_create, quota_release, quota_reset, quota_set_limits
+from ai.quota.resets import quota_reset, quota_set_limits
+from ai.quota.services import quota_get_or_create, quota_release
 from ai.selectors import usage_totals_by_user_and_day
 
 

@@ -8,7 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from ai.quota import quota_snapshot
+from ai.quota.selectors import quota_snapshot
 from ai.serializers import QuotaOutputSerializer
 
 

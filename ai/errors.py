@@ -1,4 +1,5 @@
-"""The AI error family: every provider failure becomes one of these, with a stable code.
+"""The AI error family: every provider failure becomes one of these, with a stable code;
+and :class:`QuotaExceeded`, the quota's refusal of a turn.
 
 The same codes appear as JSON error bodies before a stream starts and in SSE ``error``
 events after. Messages are safe for clients: no provider internals, no keys.
@@ -52,3 +53,12 @@ class AINotConfigured(AIUnavailable):
 
     default_detail = "The AI provider is not configured on this server."
     retryable = False
+
+
+class QuotaExceeded(ServiceError):
+    """429 ``quota_exceeded``: the body carries the quota, the header ``Retry-After``."""
+
+    code = "quota_exceeded"
+    status_code = 429
+    default_detail = "You have used your quota for this period."
+    retryable = True

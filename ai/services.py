@@ -1,4 +1,4 @@
-"""Writes of the ai app: the usage ledger (quota writes are in :mod:`ai.quota`)."""
+"""Writes of the ai app: the usage ledger (quota writes are in :mod:`ai.quota.services`)."""
 
 from __future__ import annotations
 

@@ -155,7 +155,7 @@ def make_users(n: int) -> list[dict[str, Any]]:
     from rest_framework.authtoken.models import Token
 
     from ai.models import Quota
-    from ai.quota import quota_get_or_create
+    from ai.quota.services import quota_get_or_create
     from conversations.models import Context
 
     users = []

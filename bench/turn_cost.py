@@ -82,7 +82,7 @@ def main() -> None:
     from rest_framework.authtoken.models import Token
 
     from ai.providers.base import Usage
-    from ai.quota import quota_get_or_create
+    from ai.quota.services import quota_get_or_create
     from conversations.models import Context, Message
     from conversations.services import ReplyOutcome, turn_finish
     from conversations.streaming.views import _prepare

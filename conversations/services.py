@@ -16,13 +16,8 @@ from django.utils import timezone
 
 from ai.models import UsageRecord
 from ai.providers.base import ChatMessage, Usage
-from ai.quota import (
-    quota_as_dict,
-    quota_lock,
-    quota_reserve_locked,
-    quota_snapshot,
-    reservation_close_locked,
-)
+from ai.quota.selectors import quota_as_dict, quota_snapshot
+from ai.quota.services import quota_lock, quota_reserve_locked, reservation_close_locked
 from ai.services import usage_record_build, usage_records_create
 from chatproject import sql
 from chatproject.errors import Conflict, InvalidRequest, NotFound, ServiceError

@@ -19,7 +19,7 @@ from accounts.api_tokens import token_lookup, user_for_api_token
 from accounts.errors import AuthenticationError
 from ai.models import Quota, Reservation, UsageRecord
 from ai.providers.base import Usage
-from ai.quota import quota_get_or_create
+from ai.quota.services import quota_get_or_create
 from ai.services import usage_record_build, usage_records_create
 from chatproject import sql
 from conversations.models import Context, Conversation, Message

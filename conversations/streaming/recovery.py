@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from ai.quota import reservations_release_stale
+from ai.quota.services import reservations_release_stale
 from chatproject.db import db_run
 from conversations.models import Message
 from conversations.streaming.generations import registry

@@ -38,7 +38,7 @@ def _runs_elsewhere(message: Message) -> bool:
 
 def stored_metadata(message: Message) -> dict[str, Any]:
     """The ``metadata`` event of a stored reply."""
-    from ai.quota import quota_snapshot
+    from ai.quota.selectors import quota_snapshot
 
     conversation = message.conversation
     user_message = (
@@ -62,7 +62,7 @@ def stored_metadata(message: Message) -> dict[str, Any]:
 
 def stored_trailing(message: Message) -> list[tuple[str, dict[str, Any]]]:
     """The trailing events of a finished reply, as its generation sent them."""
-    from ai.quota import quota_snapshot
+    from ai.quota.selectors import quota_snapshot
     from conversations.streaming.turn import trailing_events
     from flows.selectors import flows_of_message
     from flows.serializers import flow_to_dict

@@ -28,7 +28,7 @@ from ai.providers.base import (
     estimate_messages_tokens,
     estimate_tokens,
 )
-from ai.quota import quota_release
+from ai.quota.services import quota_release
 from chatproject import metrics
 from chatproject.db import db_run
 from chatproject.errors import InvalidRequest, ServiceError

@@ -1,29 +1,34 @@
-"""Quota services: creation, reserve, settle, release, lazy reset, reset, snapshot."""
+"""Quota: creation, reserve and settle as a turn runs them (locked, in its transactions),
+release, the lazy reset, resets by hand, limits, and the snapshot (a read)."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.contrib.auth import get_user_model
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
+from ai.errors import QuotaExceeded
 from ai.models import Quota, Reservation, UsageRecord
-from ai.quota import (
+from ai.quota.resets import quota_reset, quota_set_limits
+from ai.quota.selectors import quota_snapshot
+from ai.quota.services import (
     RETRY_AFTER_IN_FLIGHT_SECONDS,
     RETRY_AFTER_NO_RESET_SECONDS,
-    QuotaExceeded,
     quota_get_or_create,
+    quota_lock,
     quota_release,
-    quota_reserve,
-    quota_reset,
-    quota_set_limits,
-    quota_settle,
-    quota_snapshot,
-    reservation_attach_message,
+    quota_reserve_locked,
+    reservation_close_locked,
     reservations_release_stale,
 )
 from ai.services import usage_record_create
 from chatproject.errors import ServiceError
 from tests import factories
+from tests.ai.quota_turns import reserve, settle
 
 pytestmark = pytest.mark.django_db
 
@@ -61,7 +66,7 @@ def test_period_none_has_no_reset(user, settings) -> None:
 
 def test_reserve_holds_a_request_and_the_estimate(user) -> None:
     make_quota(user)
-    reservation = quota_reserve(user=user, tokens=300, now=NOW)
+    reservation = reserve(user, 300, now=NOW)
     assert reservation.status == Reservation.Status.HELD
     assert reservation.tokens == 300
     quota = Quota.objects.get(user=user)
@@ -73,18 +78,14 @@ def test_reserve_holds_a_request_and_the_estimate(user) -> None:
 def test_reserve_links_the_message(user) -> None:
     context = factories.make_context(user)
     message = factories.make_message(factories.make_conversation(context), role="assistant")
-    reservation = quota_reserve(user=user, tokens=1, message_id=message.pk, now=NOW)
+    reservation = reserve(user, 1, message_id=message.pk, now=NOW)
     assert Reservation.objects.get(pk=reservation.pk).message_id == message.pk
-    other = quota_reserve(user=user, tokens=1, now=NOW)
-    message2 = factories.make_message(factories.make_conversation(context), role="assistant")
-    reservation_attach_message(reservation_id=other.pk, message_id=message2.pk)
-    assert Reservation.objects.get(pk=other.pk).message_id == message2.pk
 
 
 def test_refusal_when_requests_are_used_up(user) -> None:
     make_quota(user, requests_limit=3, requests_used=3)
     with pytest.raises(QuotaExceeded) as caught:
-        quota_reserve(user=user, tokens=10, now=NOW)
+        reserve(user, 10, now=NOW)
     exc = caught.value
     assert isinstance(exc, ServiceError)
     assert (exc.status_code, exc.code) == (429, "quota_exceeded")
@@ -99,20 +100,20 @@ def test_refusal_when_requests_are_used_up(user) -> None:
 
 def test_refusal_counts_reservations_in_flight(user) -> None:
     make_quota(user, requests_limit=2)
-    quota_reserve(user=user, tokens=0, now=NOW)
-    quota_reserve(user=user, tokens=0, now=NOW)
+    reserve(user, 0, now=NOW)
+    reserve(user, 0, now=NOW)
     with pytest.raises(QuotaExceeded) as caught:
-        quota_reserve(user=user, tokens=0, now=NOW)
+        reserve(user, 0, now=NOW)
     # Only replies in flight are in the way: try again soon, not at midnight.
     assert caught.value.headers["Retry-After"] == str(RETRY_AFTER_IN_FLIGHT_SECONDS)
 
 
 def test_refusal_when_the_token_estimate_does_not_fit(user) -> None:
     make_quota(user, tokens_limit=1000, tokens_used=600)
-    quota_reserve(user=user, tokens=300, now=NOW)
+    reserve(user, 300, now=NOW)
     with pytest.raises(QuotaExceeded):
-        quota_reserve(user=user, tokens=101, now=NOW)
-    reservation = quota_reserve(user=user, tokens=100, now=NOW)  # exactly fills it
+        reserve(user, 101, now=NOW)
+    reservation = reserve(user, 100, now=NOW)  # exactly fills it
     assert reservation.tokens == 100
     assert quota_snapshot(user=user, now=NOW)["tokens_remaining"] == 0
 
@@ -121,24 +122,24 @@ def test_retry_after_at_least_one_second_and_large_for_period_none(user) -> None
     make_quota(user, requests_limit=1, requests_used=1)
     almost_midnight = datetime(2026, 3, 4, 23, 59, 59, 999_000, tzinfo=UTC)
     with pytest.raises(QuotaExceeded) as caught:
-        quota_reserve(user=user, tokens=0, now=almost_midnight)
+        reserve(user, 0, now=almost_midnight)
     assert caught.value.headers["Retry-After"] == "1"
     Quota.objects.filter(user=user).update(period="none", resets_at=None)
     with pytest.raises(QuotaExceeded) as caught:
-        quota_reserve(user=user, tokens=0, now=NOW)
+        reserve(user, 0, now=NOW)
     assert caught.value.headers["Retry-After"] == str(RETRY_AFTER_NO_RESET_SECONDS)
     assert caught.value.data["quota"]["resets_at"] is None
 
 
 def test_negative_estimate_is_rejected(user) -> None:
     with pytest.raises(ValueError):
-        quota_reserve(user=user, tokens=-1, now=NOW)
+        reserve(user, -1, now=NOW)
 
 
 def test_settle_moves_reserved_into_used(user) -> None:
     make_quota(user, requests_used=2, tokens_used=50)
-    reservation = quota_reserve(user=user, tokens=500, now=NOW)
-    assert quota_settle(reservation_id=reservation.pk, requests=1, tokens=321, now=NOW) is True
+    reservation = reserve(user, 500, now=NOW)
+    assert settle(reservation, requests=1, tokens=321, now=NOW) is not None
     quota = Quota.objects.get(user=user)
     assert (quota.requests_used, quota.tokens_used) == (3, 371)
     assert (quota.requests_reserved, quota.tokens_reserved) == (0, 0)
@@ -150,8 +151,8 @@ def test_settle_moves_reserved_into_used(user) -> None:
 
 def test_settle_may_charge_more_than_the_estimate(user) -> None:
     make_quota(user, tokens_limit=1000)
-    reservation = quota_reserve(user=user, tokens=900, now=NOW)
-    quota_settle(reservation_id=reservation.pk, requests=1, tokens=1200, now=NOW)
+    reservation = reserve(user, 900, now=NOW)
+    settle(reservation, requests=1, tokens=1200, now=NOW)
     snapshot = quota_snapshot(user=user, now=NOW)
     assert snapshot["tokens_used"] == 1200
     assert snapshot["tokens_remaining"] == 0
@@ -159,9 +160,9 @@ def test_settle_may_charge_more_than_the_estimate(user) -> None:
 
 def test_settle_is_idempotent(user) -> None:
     make_quota(user)
-    reservation = quota_reserve(user=user, tokens=100, now=NOW)
-    assert quota_settle(reservation_id=reservation.pk, requests=1, tokens=80, now=NOW)
-    assert not quota_settle(reservation_id=reservation.pk, requests=1, tokens=80, now=NOW)
+    reservation = reserve(user, 100, now=NOW)
+    assert settle(reservation, requests=1, tokens=80, now=NOW) is not None
+    assert settle(reservation, requests=1, tokens=80, now=NOW) is None
     assert not quota_release(reservation_id=reservation.pk, now=NOW)
     quota = Quota.objects.get(user=user)
     assert (quota.requests_used, quota.tokens_used) == (1, 80)
@@ -171,10 +172,10 @@ def test_settle_is_idempotent(user) -> None:
 
 def test_release_charges_nothing_and_is_idempotent(user) -> None:
     make_quota(user, requests_used=1, tokens_used=10)
-    reservation = quota_reserve(user=user, tokens=100, now=NOW)
+    reservation = reserve(user, 100, now=NOW)
     assert quota_release(reservation_id=reservation.pk, now=NOW) is True
     assert quota_release(reservation_id=reservation.pk, now=NOW) is False
-    assert not quota_settle(reservation_id=reservation.pk, requests=1, tokens=5, now=NOW)
+    assert settle(reservation, requests=1, tokens=5, now=NOW) is None
     quota = Quota.objects.get(user=user)
     assert (quota.requests_used, quota.tokens_used) == (1, 10)
     assert (quota.requests_reserved, quota.tokens_reserved) == (0, 0)
@@ -184,18 +185,20 @@ def test_release_charges_nothing_and_is_idempotent(user) -> None:
 
 
 def test_unknown_reservation_is_not_an_error(user) -> None:
-    import uuid
-
     assert quota_release(reservation_id=uuid.uuid4()) is False
-    assert quota_settle(reservation_id=uuid.uuid4(), requests=1, tokens=1) is False
+    with transaction.atomic():
+        closed = reservation_close_locked(
+            user=user, reservation_id=uuid.uuid4(), requests=1, tokens=1
+        )
+    assert closed is None
 
 
 def test_reserved_counters_never_go_negative(user) -> None:
     make_quota(user)
-    reservation = quota_reserve(user=user, tokens=100, now=NOW)
+    reservation = reserve(user, 100, now=NOW)
     # Someone zeroed the reserved counters by hand: closing must not go below 0.
     Quota.objects.filter(user=user).update(requests_reserved=0, tokens_reserved=10)
-    assert quota_settle(reservation_id=reservation.pk, requests=1, tokens=50, now=NOW)
+    assert settle(reservation, requests=1, tokens=50, now=NOW) is not None
     quota = Quota.objects.get(user=user)
     assert (quota.requests_reserved, quota.tokens_reserved) == (0, 0)
 
@@ -204,9 +207,9 @@ def test_lazy_reset_at_the_period_boundary(user) -> None:
     make_quota(user, requests_limit=2, requests_used=2, tokens_used=900)
     before_midnight = datetime(2026, 3, 4, 23, 59, 59, tzinfo=UTC)
     with pytest.raises(QuotaExceeded):
-        quota_reserve(user=user, tokens=1, now=before_midnight)
+        reserve(user, 1, now=before_midnight)
     midnight = datetime(2026, 3, 5, tzinfo=UTC)
-    reservation = quota_reserve(user=user, tokens=1, now=midnight)
+    reservation = reserve(user, 1, now=midnight)
     quota = Quota.objects.get(user=user)
     assert (quota.requests_used, quota.tokens_used) == (0, 0)
     assert quota.period_started_at == midnight
@@ -223,9 +226,9 @@ def test_lazy_reset_skips_missed_periods(user) -> None:
     assert snapshot["resets_at"] == "2026-03-21T00:00:00+00:00"
 
 
-def test_snapshot_applies_the_lazy_reset_and_keeps_reserved(user) -> None:
+def test_snapshot_shows_a_due_period_started_over_and_writes_nothing(user) -> None:
     make_quota(user, requests_limit=10, requests_used=4, tokens_limit=1000, tokens_used=100)
-    quota_reserve(user=user, tokens=200, now=NOW)
+    reserve(user, 200, now=NOW)
     snapshot = quota_snapshot(user=user, now=NOW)
     assert snapshot == {
         "period": "day",
@@ -238,19 +241,53 @@ def test_snapshot_applies_the_lazy_reset_and_keeps_reserved(user) -> None:
         "resets_at": "2026-03-05T00:00:00+00:00",
     }
     tomorrow = datetime(2026, 3, 5, 9, tzinfo=UTC)
-    snapshot = quota_snapshot(user=user, now=tomorrow)
+    with CaptureQueriesContext(connection) as queries:
+        snapshot = quota_snapshot(user=user, now=tomorrow)
+    assert [q["sql"].split()[0] for q in queries.captured_queries] == ["SELECT"]
     assert (snapshot["requests_used"], snapshot["tokens_used"]) == (0, 0)
     assert (snapshot["requests_remaining"], snapshot["tokens_remaining"]) == (9, 800)
+    assert snapshot["resets_at"] == "2026-03-06T00:00:00+00:00"
     quota = Quota.objects.get(user=user)
-    assert (quota.requests_reserved, quota.tokens_reserved) == (1, 200)
+    assert (quota.requests_used, quota.requests_reserved, quota.tokens_reserved) == (4, 1, 200)
+    # The next write (a turn's lock) starts the period over, as the snapshot showed it.
+    with transaction.atomic():
+        locked = quota_lock(user=user, now=tomorrow)
+    quota.refresh_from_db()
+    assert (quota.requests_used, quota.tokens_used, quota.tokens_reserved) == (0, 0, 200)
+    assert quota.period_started_at == locked.period_started_at == datetime(2026, 3, 5, tzinfo=UTC)
+    assert quota_snapshot(user=user, now=tomorrow) == snapshot
+
+
+def test_snapshot_of_a_user_without_a_quota_shows_the_defaults_and_creates_nothing(
+    user, settings
+) -> None:
+    settings.QUOTA_PERIOD, settings.QUOTA_REQUESTS_LIMIT, settings.QUOTA_TOKENS_LIMIT = (
+        "week",
+        7,
+        700,
+    )
+    snapshot = quota_snapshot(user=user, now=NOW)
+    assert not Quota.objects.exists()
+    assert snapshot == {
+        "period": "week",
+        "requests_limit": 7,
+        "requests_used": 0,
+        "requests_remaining": 7,
+        "tokens_limit": 700,
+        "tokens_used": 0,
+        "tokens_remaining": 700,
+        "resets_at": "2026-03-09T00:00:00+00:00",
+    }
+    with transaction.atomic():
+        quota_lock(user=user, now=NOW)
+    assert quota_snapshot(user=user, now=NOW) == snapshot
 
 
 def test_settle_after_a_reset_charges_nothing_to_the_new_period(user) -> None:
     make_quota(user, requests_used=3, tokens_used=30)
-    reservation = quota_reserve(user=user, tokens=100, now=NOW)
+    reservation = reserve(user, 100, now=NOW)
     tomorrow = datetime(2026, 3, 5, 0, 0, 1, tzinfo=UTC)
-    quota_snapshot(user=user, now=tomorrow)  # the lazy reset
-    assert quota_settle(reservation_id=reservation.pk, requests=1, tokens=90, now=tomorrow)
+    assert settle(reservation, requests=1, tokens=90, now=tomorrow) is not None
     quota = Quota.objects.get(user=user)
     assert (quota.requests_used, quota.tokens_used) == (0, 0)
     assert (quota.requests_reserved, quota.tokens_reserved) == (0, 0)
@@ -262,7 +299,7 @@ def test_settle_after_a_reset_charges_nothing_to_the_new_period(user) -> None:
 def test_reset_never_touches_reserved_counters(user, other_user) -> None:
     make_quota(user, requests_used=4, tokens_used=400)
     make_quota(other_user, requests_used=1)
-    reservation = quota_reserve(user=user, tokens=100, now=NOW)
+    reservation = reserve(user, 100, now=NOW)
     later = NOW + timedelta(hours=1)
     results = quota_reset(users=[user], now=later)
     assert [(r.username, r.requests_used, r.tokens_used) for r in results] == [("alice", 4, 400)]
@@ -274,7 +311,7 @@ def test_reset_never_touches_reserved_counters(user, other_user) -> None:
     assert Quota.objects.get(user=other_user).requests_used == 1
     assert Reservation.objects.get(pk=reservation.pk).status == Reservation.Status.HELD
     # The reply in flight belongs to the period before the reset: it leaves reserved only.
-    quota_settle(reservation_id=reservation.pk, requests=1, tokens=50, now=later)
+    settle(reservation, requests=1, tokens=50, now=later)
     quota = Quota.objects.get(user=user)
     assert (quota.requests_used, quota.tokens_used, quota.requests_reserved) == (0, 0, 0)
 
@@ -296,8 +333,6 @@ def test_reset_only_expired_and_dry_run(user, other_user) -> None:
 
 
 def test_reset_all_with_a_queryset(user, other_user) -> None:
-    from django.contrib.auth import get_user_model
-
     make_quota(user, requests_used=4)
     make_quota(other_user, requests_used=2)
     results = quota_reset(users=get_user_model().objects.all(), now=NOW)
@@ -320,9 +355,9 @@ def test_set_limits_keeps_counters_and_moves_the_reset(user) -> None:
 def test_release_stale_reservations(user) -> None:
     context = factories.make_context(user)
     message = factories.make_message(factories.make_conversation(context), role="assistant")
-    by_message = quota_reserve(user=user, tokens=10, message_id=message.pk, now=NOW)
-    live = quota_reserve(user=user, tokens=10, now=NOW)
-    old = quota_reserve(user=user, tokens=10, now=NOW)
+    by_message = reserve(user, 10, message_id=message.pk, now=NOW)
+    live = reserve(user, 10, now=NOW)
+    old = reserve(user, 10, now=NOW)
     Reservation.objects.filter(pk=old.pk).update(created_at=NOW - timedelta(hours=2))
     Reservation.objects.filter(pk__in=[by_message.pk, live.pk]).update(created_at=NOW)
     with pytest.raises(ValueError):
@@ -375,13 +410,8 @@ def test_usage_record_create(user) -> None:
 # --- the chat turn's locked path -----------------------------------------------------------
 
 
-def test_locked_reserve_and_settle_match_the_standalone_rules(db):
-    from django.db import transaction
-
-    from ai.quota import QuotaExceeded, quota_lock, quota_reserve_locked, quota_settle_locked
-    from tests.factories import make_user
-
-    user = make_user("locked")
+def test_reserve_and_close_in_one_transaction_as_a_turn_does(db) -> None:
+    user = factories.make_user("locked")
     with transaction.atomic():
         quota = quota_lock(user=user)
         quota.requests_limit, quota.tokens_limit = 2, 1000
@@ -393,14 +423,32 @@ def test_locked_reserve_and_settle_match_the_standalone_rules(db):
     quota.refresh_from_db()
     assert (quota.requests_reserved, quota.tokens_reserved) == (2, 800)
     with transaction.atomic():
-        after = quota_settle_locked(user=user, reservation_id=first.pk, requests=1, tokens=123)
-        again = quota_settle_locked(user=user, reservation_id=first.pk, requests=1, tokens=123)
-        released = quota_settle_locked(user=user, reservation_id=second.pk, requests=0, tokens=0)
-    assert after["requests_used"] == 1 and after["tokens_used"] == 123
+        after = reservation_close_locked(user=user, reservation_id=first.pk, requests=1, tokens=123)
+        again = reservation_close_locked(user=user, reservation_id=first.pk, requests=1, tokens=123)
+        released = reservation_close_locked(
+            user=user, reservation_id=second.pk, requests=0, tokens=0
+        )
+    assert after is not None and (after.requests_charged, after.tokens_charged) == (1, 123)
+    assert after.quota["requests_used"] == 1 and after.quota["tokens_used"] == 123
     assert again is None
-    assert released["requests_used"] == 1 and released["tokens_remaining"] == 1000 - 123
+    assert released is not None and released.tokens_charged == 0
+    assert released.quota["tokens_remaining"] == 1000 - 123
     quota.refresh_from_db()
     assert (quota.requests_reserved, quota.tokens_reserved) == (0, 0)
     first.refresh_from_db()
     second.refresh_from_db()
     assert (first.status, second.status) == ("settled", "released")
+
+
+def test_a_refused_turn_rolls_back_its_whole_start(user) -> None:
+    """Refused inside the turn's transaction: nothing of the start stays, the lazy reset
+    included (the next turn redoes it)."""
+    make_quota(user, requests_limit=1, requests_used=0, resets_at=NOW - timedelta(hours=1))
+    Quota.objects.filter(user=user).update(requests_reserved=1)
+    with pytest.raises(QuotaExceeded) as caught, transaction.atomic():
+        quota = quota_lock(user=user, now=NOW)
+        quota_reserve_locked(quota=quota, tokens=5, now=NOW)
+    assert caught.value.headers["Retry-After"] == str(RETRY_AFTER_IN_FLIGHT_SECONDS)
+    stored = Quota.objects.get(user=user)
+    assert stored.resets_at == NOW - timedelta(hours=1)
+    assert not Reservation.objects.exists()

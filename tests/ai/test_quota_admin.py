@@ -9,9 +9,10 @@ from django.test import Client
 from django.urls import reverse
 
 from ai.models import Quota, Reservation, UsageRecord
-from ai.quota import quota_get_or_create, quota_reserve
+from ai.quota.services import quota_get_or_create
 from ai.services import usage_record_create
 from tests import factories
+from tests.ai.quota_turns import reserve
 
 pytestmark = pytest.mark.django_db
 
@@ -55,7 +56,7 @@ def test_quota_changelist_and_change_page(admin_client_, user) -> None:
 
 def test_saving_limits_keeps_counters(admin_client_, user) -> None:
     quota = quota_get_or_create(user=user)
-    reservation = quota_reserve(user=user, tokens=40)
+    reservation = reserve(user, 40)
     Quota.objects.filter(pk=quota.pk).update(requests_used=2)
     response = admin_client_.post(
         reverse("admin:ai_quota_change", args=[quota.pk]),
@@ -87,7 +88,7 @@ def test_reset_action(admin_client_, user, other_user) -> None:
     quota = quota_get_or_create(user=user)
     other = quota_get_or_create(user=other_user)
     Quota.objects.filter(pk__in=[quota.pk, other.pk]).update(requests_used=4, tokens_used=44)
-    quota_reserve(user=user, tokens=10)
+    reserve(user, 10)
     response = admin_client_.post(
         reverse("admin:ai_quota_changelist"),
         {"action": "reset_selected", "_selected_action": [quota.pk]},
@@ -103,7 +104,7 @@ def test_reset_action(admin_client_, user, other_user) -> None:
 
 
 def test_reservation_changelist_is_read_only(admin_client_, user) -> None:
-    reservation = quota_reserve(user=user, tokens=10)
+    reservation = reserve(user, 10)
     url = reverse("admin:ai_reservation_changelist")
     response = admin_client_.get(url)
     assert response.status_code == 200
@@ -115,7 +116,7 @@ def test_reservation_changelist_is_read_only(admin_client_, user) -> None:
 
 
 def test_release_action(admin_client_, user) -> None:
-    reservation = quota_reserve(user=user, tokens=10)
+    reservation = reserve(user, 10)
     response = admin_client_.post(
         reverse("admin:ai_reservation_changelist"),
         {"action": "release_selected", "_selected_action": [str(reservation.pk)]},

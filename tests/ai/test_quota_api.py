@@ -6,7 +6,8 @@ import pytest
 from django.urls import reverse
 
 from ai.models import Quota
-from ai.quota import quota_get_or_create, quota_reserve
+from ai.quota.services import quota_get_or_create
+from tests.ai.quota_turns import reserve
 
 pytestmark = pytest.mark.django_db
 
@@ -25,7 +26,8 @@ def test_new_user_gets_the_default_quota(api, user, settings) -> None:
     assert body["requests_used"] == body["tokens_used"] == 0
     assert body["requests_remaining"] == settings.QUOTA_REQUESTS_LIMIT
     assert body["resets_at"].endswith("+00:00")
-    assert Quota.objects.filter(user=user).exists()
+    # A read: the row is created by the user's first turn, with these same values.
+    assert not Quota.objects.filter(user=user).exists()
 
 
 def test_shows_used_and_what_remains_with_replies_in_flight(api, user, other_user) -> None:
@@ -38,8 +40,8 @@ def test_shows_used_and_what_remains_with_replies_in_flight(api, user, other_use
         tokens_limit=1000,
         tokens_used=100,
     )
-    quota_reserve(user=user, tokens=250)
-    quota_reserve(user=other_user, tokens=5)  # someone else's is not counted
+    reserve(user, 250)
+    reserve(other_user, 5)  # someone else's is not counted
     body = api.get("/api/v1/quota/").json()
     assert body == {
         "period": "none",

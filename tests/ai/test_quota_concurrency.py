@@ -8,9 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from django.db import connection
 
+from ai.errors import QuotaExceeded
 from ai.models import Quota, Reservation
-from ai.quota import QuotaExceeded, quota_get_or_create, quota_release, quota_reserve
+from ai.quota.services import quota_get_or_create, quota_release
 from tests import factories
+from tests.ai.quota_turns import reserve as turn_reserve
 
 THREADS = 50
 
@@ -38,7 +40,7 @@ def test_fifty_concurrent_reservations_against_five_remaining_let_five_through()
 
     def reserve() -> str:
         try:
-            quota_reserve(user=user, tokens=100)
+            turn_reserve(user, 100)
         except QuotaExceeded:
             return "refused"
         return "reserved"
@@ -60,7 +62,7 @@ def test_concurrent_first_use_creates_one_quota_and_respects_tokens() -> None:
 
         def reserve() -> str:
             try:
-                quota_reserve(user=user, tokens=300)
+                turn_reserve(user, 300)
             except QuotaExceeded:
                 return "refused"
             return "reserved"
@@ -74,8 +76,8 @@ def test_concurrent_first_use_creates_one_quota_and_respects_tokens() -> None:
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_release_of_one_reservation_counts_once() -> None:
     user = factories.make_user("releaser")
-    reservation = quota_reserve(user=user, tokens=100)
-    other = quota_reserve(user=user, tokens=100)
+    reservation = turn_reserve(user, 100)
+    other = turn_reserve(user, 100)
 
     outcomes = _race(lambda: str(quota_release(reservation_id=reservation.pk)), 20)
     assert outcomes.count("True") == 1

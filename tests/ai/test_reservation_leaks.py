@@ -13,7 +13,6 @@ from django.utils import timezone
 from ai.models import Quota, Reservation
 from ai.providers import get_provider
 from ai.providers.base import Usage
-from ai.quota import quota_reserve
 from conversations.models import Message
 from conversations.services import PreparedTurn, ReplyOutcome
 from conversations.streaming import recovery
@@ -21,6 +20,7 @@ from conversations.streaming import turn as turn_module
 from conversations.streaming.recovery import reservation_max_age, sweep
 from conversations.streaming.turn import prepare_turn
 from tests import factories
+from tests.ai.quota_turns import reserve
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -51,7 +51,7 @@ def test_the_sweep_releases_leaked_reservations_and_leaves_live_ones_held(user) 
     live = start_turn(user)
     age(live.reservation_id, old)
     # Young: a turn between its writes, not yet past the bound.
-    young = quota_reserve(user=user, tokens=7)
+    young = reserve(user, 7)
 
     assert sweep(stale_after=STALE) == (0, 2)
 
@@ -80,7 +80,7 @@ async def test_the_running_sweeper_applies_the_safety_net(user, settings) -> Non
     settings.CHAT_STALE_SECONDS = 0.6
     settings.CHAT_STREAM_TIMEOUT_SECONDS = 1
     settings.AI_TIMEOUT_SECONDS = 1
-    leaked = await asyncio.to_thread(quota_reserve, user=user, tokens=5)
+    leaked = await asyncio.to_thread(reserve, user, 5)
     await asyncio.to_thread(age, leaked.pk, timedelta(minutes=5))
     recovery.ensure_sweeper()
     try:

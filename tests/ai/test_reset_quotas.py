@@ -10,8 +10,9 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from ai.models import Quota, Reservation
-from ai.quota import quota_get_or_create, quota_reserve
+from ai.quota.services import quota_get_or_create
 from tests import factories
+from tests.ai.quota_turns import reserve
 
 pytestmark = pytest.mark.django_db
 
@@ -120,7 +121,7 @@ def test_dry_run_changes_nothing(quotas) -> None:
 
 
 def test_never_touches_replies_in_flight(quotas, user) -> None:
-    reservation = quota_reserve(user=user, tokens=50)
+    reservation = reserve(user, 50)
     out = run("--all")
     assert "1 in flight kept" in out
     quota = Quota.objects.get(user=user)

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import Page, expect
 
-from ai.quota import quota_get_or_create
+from ai.quota.services import quota_get_or_create
 from conversations.models import Context, Message
 from flows.models import Flow
 from tests.browser.conftest import PASSWORD, login

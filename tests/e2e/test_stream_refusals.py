@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from ai.models import Quota
-from ai.quota import quota_get_or_create
+from ai.quota.services import quota_get_or_create
 from conversations.models import Message
 from tests import factories
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from ai.models import Quota, Reservation, UsageRecord
-from ai.quota import quota_get_or_create
+from ai.quota.services import quota_get_or_create
 from conversations.models import Message
 from flows.models import Flow
 from tests import factories

@@ -8,7 +8,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ai.models import Quota
-from ai.quota import quota_reset
+from ai.quota.resets import quota_reset
 
 
 class Command(BaseCommand):
