@@ -11,7 +11,8 @@ import logging
 from typing import Any
 
 from django.db import DatabaseError
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views.defaults import page_not_found
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -67,3 +68,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             body["code"] = "not_found"
         response.data = body
     return response
+
+
+def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """Django's 404 handler: the API's JSON error body under ``/api/`` (an id that is not a
+    UUID does not match its ``<uuid:pk>`` route), Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "Not found.", "code": "not_found"}, status=404)
+    return page_not_found(request, exception)

@@ -37,3 +37,6 @@ urlpatterns = [
 
 if settings.OIDC_BROWSER_LOGIN_ENABLED:
     urlpatterns.append(path("oidc/", include("mozilla_django_oidc.urls")))
+
+#: JSON 404s under /api/ (chatproject.exception_handler.not_found).
+handler404 = "chatproject.exception_handler.not_found"

@@ -6,9 +6,8 @@ from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers
-from rest_framework.request import Request
 
-from chatproject.errors import InvalidRequest
+from chatproject.http import choice_query_param, uuid_query_param
 from conversations import selectors, services
 from conversations.models import Context, Conversation, Message
 from conversations.serializers import (
@@ -16,27 +15,9 @@ from conversations.serializers import (
     ConversationSerializer,
     MessageSerializer,
 )
-
-
-def uuid_query_param(request: Request, name: str):  # type: ignore[no-untyped-def]
-    """A UUID filter from the query string; 400 naming the parameter when malformed."""
-    raw = request.query_params.get(name)
-    if raw in (None, ""):
-        return None
-    value = selectors.parse_uuid(raw)
-    if value is None:
-        raise InvalidRequest({name: ["Must be a valid UUID."]})
-    return value
-
-
-def choice_query_param(request: Request, name: str, choices: list[str]) -> str | None:
-    """A choice filter from the query string; 400 naming the parameter when unknown."""
-    raw = request.query_params.get(name)
-    if raw in (None, ""):
-        return None
-    if raw not in choices:
-        raise InvalidRequest({name: [f"Must be one of: {', '.join(choices)}."]})
-    return raw
+from flows import selectors as flow_selectors
+from flows.models import Flow
+from flows.serializers import FlowSerializer
 
 
 class ContextListCreateApi(generics.ListCreateAPIView):
@@ -116,3 +97,18 @@ class MessageDetailApi(generics.RetrieveAPIView):
 
     def get_object(self) -> Message:
         return selectors.message_get(user=self.request.user, message_id=self.kwargs["pk"])
+
+
+@extend_schema(parameters=[OpenApiParameter("status", str, enum=Flow.Status.values)])
+class ContextFlowListApi(generics.ListAPIView):
+    """Flows of one of the caller's contexts (``GET /api/v1/contexts/{id}/flows/``)."""
+
+    serializer_class = FlowSerializer
+
+    def get_queryset(self) -> QuerySet[Flow]:
+        context = selectors.context_get(user=self.request.user, context_id=self.kwargs["pk"])
+        return flow_selectors.flow_list(
+            user=self.request.user,
+            context_id=context.id,
+            status=choice_query_param(self.request, "status", Flow.Status.values),
+        )

@@ -8,17 +8,8 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 
 from chatproject.errors import NotFound
+from chatproject.http import parse_uuid
 from conversations.models import Context, Conversation, Message
-
-
-def parse_uuid(value: object) -> uuid.UUID | None:
-    """The UUID in ``value``, or None when it is not one (callers answer 404 or 400)."""
-    if isinstance(value, uuid.UUID):
-        return value
-    try:
-        return uuid.UUID(str(value))
-    except (TypeError, ValueError, AttributeError):
-        return None
 
 
 def context_list(*, user: AbstractBaseUser) -> QuerySet[Context]:

@@ -343,7 +343,13 @@ def turn_finish(
                 extraction_usage=extraction_usage,
                 extraction_error=extraction_error,
             )
-        flows = flows_store(message=message, context_id=turn.context_id, drafts=drafts)
+        flows = flows_store(
+            user_id=message.user_id,
+            context_id=turn.context_id,
+            conversation_id=message.conversation_id,
+            source_message_id=message.id,
+            drafts=drafts,
+        )
         extraction = _extraction_used(extraction_usage, extraction_error)
         tokens = reply_tokens_charged(outcome) + (extraction.total if extraction else 0)
         settled = reservation_close_locked(

@@ -5,18 +5,19 @@ from conversations.streaming import views as stream_views
 
 urlpatterns = [
     path("contexts/", apis.ContextListCreateApi.as_view(), name="context-list"),
-    path("contexts/<str:pk>/", apis.ContextDetailApi.as_view(), name="context-detail"),
+    path("contexts/<uuid:pk>/", apis.ContextDetailApi.as_view(), name="context-detail"),
+    path("contexts/<uuid:pk>/flows/", apis.ContextFlowListApi.as_view(), name="context-flows"),
     path("conversations/", apis.ConversationListApi.as_view(), name="conversation-list"),
     path("conversations/stream", stream_views.chat_stream, name="conversation-stream"),
     path(
-        "conversations/<str:pk>/", apis.ConversationDetailApi.as_view(), name="conversation-detail"
+        "conversations/<uuid:pk>/", apis.ConversationDetailApi.as_view(), name="conversation-detail"
     ),
     path(
-        "conversations/<str:pk>/messages/",
+        "conversations/<uuid:pk>/messages/",
         apis.ConversationMessagesApi.as_view(),
         name="conversation-messages",
     ),
-    path("messages/<str:pk>/", apis.MessageDetailApi.as_view(), name="message-detail"),
-    path("messages/<str:pk>/stream", stream_views.message_stream, name="message-stream"),
-    path("messages/<str:pk>/cancel", stream_views.message_cancel, name="message-cancel"),
+    path("messages/<uuid:pk>/", apis.MessageDetailApi.as_view(), name="message-detail"),
+    path("messages/<uuid:pk>/stream", stream_views.message_stream, name="message-stream"),
+    path("messages/<uuid:pk>/cancel", stream_views.message_cancel, name="message-cancel"),
 ]

@@ -7,8 +7,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers
 
-from conversations.apis import choice_query_param, uuid_query_param
-from conversations.selectors import context_get
+from chatproject.http import choice_query_param, uuid_query_param
 from flows import selectors, services
 from flows.models import Flow
 from flows.serializers import FlowSerializer
@@ -28,21 +27,6 @@ class FlowListApi(generics.ListAPIView):
             context_id=uuid_query_param(request, "context_id"),
             status=choice_query_param(request, "status", Flow.Status.values),
             priority=choice_query_param(request, "priority", Flow.Priority.values),
-        )
-
-
-@extend_schema(parameters=[_STATUS])
-class ContextFlowListApi(generics.ListAPIView):
-    """Flows of one context."""
-
-    serializer_class = FlowSerializer
-
-    def get_queryset(self) -> QuerySet[Flow]:
-        context = context_get(user=self.request.user, context_id=self.kwargs["pk"])
-        return selectors.flow_list(
-            user=self.request.user,
-            context_id=context.id,
-            status=choice_query_param(self.request, "status", Flow.Status.values),
         )
 
 

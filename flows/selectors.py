@@ -8,7 +8,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 
 from chatproject.errors import NotFound
-from conversations.selectors import parse_uuid
+from chatproject.http import parse_uuid
 from flows.models import Flow
 
 

@@ -9,15 +9,21 @@ from typing import Any
 from django.db import IntegrityError, transaction
 
 from chatproject.errors import InvalidRequest
-from conversations.models import Message
 from flows.extraction import FlowDraft, title_key
 from flows.models import Flow
 
 logger = logging.getLogger(__name__)
 
 
-def flows_store(*, message: Message, context_id: Any, drafts: Iterable[FlowDraft]) -> list[Flow]:
-    """Store the drafts extracted after ``message`` (the assistant reply).
+def flows_store(
+    *,
+    user_id: int,
+    context_id: Any,
+    conversation_id: Any,
+    source_message_id: Any,
+    drafts: Iterable[FlowDraft],
+) -> list[Flow]:
+    """Store the drafts extracted after the assistant reply ``source_message_id``.
 
     Each draft is stored in its own savepoint, so one failure does not stop the others; a
     draft whose title matches an open flow of the same context is skipped (the database's
@@ -33,10 +39,10 @@ def flows_store(*, message: Message, context_id: Any, drafts: Iterable[FlowDraft
         try:
             with transaction.atomic():
                 flow = Flow.objects.create(
-                    user_id=message.user_id,
+                    user_id=user_id,
                     context_id=context_id,
-                    conversation_id=message.conversation_id,
-                    source_message=message,
+                    conversation_id=conversation_id,
+                    source_message_id=source_message_id,
                     title=draft.title,
                     title_key=key,
                     description=draft.description,
@@ -47,7 +53,7 @@ def flows_store(*, message: Message, context_id: Any, drafts: Iterable[FlowDraft
             continue
         except Exception:
             logger.warning(
-                "flows.store_failed", extra={"message_id": str(message.id)}, exc_info=True
+                "flows.store_failed", extra={"message_id": str(source_message_id)}, exc_info=True
             )
             continue
         stored.append(flow)

@@ -48,8 +48,8 @@ IP_RESTRICTED = {"metrics": "Prometheus text, open only to METRICS_ALLOWED_IPS"}
 FUNCTION_VIEW_METHODS = {
     "api/v1/conversations/stream": ["POST"],
     "api/ai/chat/stream": ["POST"],
-    "api/v1/messages/<str:pk>/stream": ["GET"],
-    "api/v1/messages/<str:pk>/cancel": ["POST"],
+    "api/v1/messages/<uuid:pk>/stream": ["GET"],
+    "api/v1/messages/<uuid:pk>/cancel": ["POST"],
 }
 
 #: Which model a ``<pk>`` names, by the resource segment of the route.
@@ -101,7 +101,7 @@ def methods_of(route: str, pattern: URLPattern) -> list[str]:
     ]
 
 
-def sample_path(route: str, value: str = "1") -> str:
+def sample_path(route: str, value: str = "00000000-0000-4000-8000-000000000001") -> str:
     path = re.sub(r"<(?:\w+:)?\w+>", value, route)
     path = re.sub(r"\(\?P<app_label>([\w]+)[^)]*\)", r"\1", path)  # the admin's app list
     path = path.replace("(?P<url>.*)", "no-such-page/")  # the admin's catch-all
