@@ -9,4 +9,5 @@ class AccountsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from accounts import openapi, throttling  # noqa: F401  (schema extension, signal receiver)
+        # system checks, the schema extension, the failed-login receiver
+        from accounts import checks, openapi, throttling  # noqa: F401

@@ -4,12 +4,12 @@
 ai.E001    ``AI_PROVIDER`` is not one of ``mock``, ``openai``, ``anthropic``
 ai.E002    ``AI_PROVIDER=openai`` without ``OPENAI_API_KEY`` (nor ``OPENAI_BASE_URL``)
 ai.E003    ``AI_PROVIDER=anthropic`` without ``ANTHROPIC_API_KEY``
-ai.E004    OIDC half configured: issuer without JWKS endpoint, or the reverse
-ai.E005    OIDC bearer auth on (issuer and JWKS set) without ``OIDC_API_AUDIENCE``
 ai.E006    ``QUOTA_PERIOD`` not one of ``day``, ``week``, ``month``, ``none``
 ai.E007    ``AI_TIMEOUT_SECONDS`` or ``AI_MAX_OUTPUT_TOKENS`` not positive
 ai.E008    ``AI_HTTP_CLIENT`` not one of ``aiohttp``, ``httpx``
 =========  ==================================================================
+
+(OIDC is checked by accounts.checks.)
 
 A keyless OpenAI-compatible server (a local model server) needs only
 ``OPENAI_BASE_URL``; a placeholder key is then sent.
@@ -90,39 +90,6 @@ def check_ai_provider(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
                 "this server knows.",
                 hint="Set AI_HTTP_CLIENT to one of: " + ", ".join(HTTP_CLIENTS) + ".",
                 id="ai.E008",
-            )
-        )
-    return errors
-
-
-@register("security")
-def check_oidc(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """OIDC bearer auth is either off or fully configured (issuer, JWKS and audience)."""
-    errors: list[CheckMessage] = []
-    issuer = _setting("OIDC_OP_ISSUER")
-    jwks = _setting("OIDC_OP_JWKS_ENDPOINT")
-    if bool(issuer) != bool(jwks):
-        present, missing = (
-            ("OIDC_OP_ISSUER", "OIDC_OP_JWKS_ENDPOINT")
-            if issuer
-            else ("OIDC_OP_JWKS_ENDPOINT", "OIDC_OP_ISSUER")
-        )
-        errors.append(
-            Error(
-                f"OIDC is half configured: {present} is set but {missing} is not, so bearer "
-                "tokens cannot be verified.",
-                hint=f"Set {missing} too (see your identity provider's discovery document), "
-                f"or unset {present} to turn OIDC bearer auth off.",
-                id="ai.E004",
-            )
-        )
-    if issuer and jwks and not _setting("OIDC_API_AUDIENCE"):
-        errors.append(
-            Error(
-                "OIDC bearer auth is on but OIDC_API_AUDIENCE is not set, so the token "
-                "audience cannot be checked.",
-                hint="Set OIDC_API_AUDIENCE to the audience (aud) your access tokens carry.",
-                id="ai.E005",
             )
         )
     return errors

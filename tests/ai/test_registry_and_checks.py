@@ -11,6 +11,7 @@ import pytest
 from django.core import checks
 from django.test import override_settings
 
+from accounts.checks import check_oidc
 from ai import checks as ai_checks
 from ai.errors import AINotConfigured
 from ai.providers import get_provider, reset_provider_cache
@@ -142,13 +143,13 @@ def ids(messages: list[checks.CheckMessage]) -> list[str]:
 
 def test_checks_are_registered():
     registered = checks.registry.registry.get_checks()
-    for check in (ai_checks.check_ai_provider, ai_checks.check_oidc, ai_checks.check_quota_period):
+    for check in (ai_checks.check_ai_provider, check_oidc, ai_checks.check_quota_period):
         assert check in registered
 
 
 def test_default_configuration_passes():
     assert ai_checks.check_ai_provider() == []
-    assert ai_checks.check_oidc() == []
+    assert check_oidc() == []
     assert ai_checks.check_quota_period() == []
 
 
@@ -186,9 +187,9 @@ def test_non_positive_limits(settings):
 @pytest.mark.parametrize(
     ("issuer", "jwks", "audience", "expected"),
     [
-        ("https://id.example", "", "", ["ai.E004"]),
-        ("", "https://id.example/jwks", "api", ["ai.E004"]),
-        ("https://id.example", "https://id.example/jwks", "", ["ai.E005"]),
+        ("https://id.example", "", "", ["accounts.E001"]),
+        ("", "https://id.example/jwks", "api", ["accounts.E001"]),
+        ("https://id.example", "https://id.example/jwks", "", ["accounts.E002"]),
         ("https://id.example", "https://id.example/jwks", "api", []),
     ],
 )
@@ -196,9 +197,9 @@ def test_oidc_half_configured(settings, issuer, jwks, audience, expected):
     settings.OIDC_OP_ISSUER = issuer
     settings.OIDC_OP_JWKS_ENDPOINT = jwks
     settings.OIDC_API_AUDIENCE = audience
-    messages = ai_checks.check_oidc()
+    messages = check_oidc()
     assert ids(messages) == expected
-    if expected == ["ai.E004"]:
+    if expected == ["accounts.E001"]:
         missing = "OIDC_OP_JWKS_ENDPOINT" if issuer else "OIDC_OP_ISSUER"
         assert missing in messages[0].hint
 
