@@ -1,4 +1,4 @@
-"""The caller's quota: ``GET /api/v1/quota/`` (contract section 2)."""
+"""The caller's quota: ``GET /api/v1/quota/`` (docs/api.md#quota)."""
 
 from __future__ import annotations
 

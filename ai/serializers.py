@@ -6,7 +6,7 @@ from rest_framework import serializers
 
 
 class QuotaOutputSerializer(serializers.Serializer):
-    """The contract's Quota resource plus what remains (limit - used - in flight, >= 0)."""
+    """The Quota resource (docs/api.md#resources): limits, used, what remains (>= 0)."""
 
     period = serializers.ChoiceField(choices=["day", "week", "month", "none"])
     requests_limit = serializers.IntegerField()

@@ -1,4 +1,4 @@
-"""Liveness and readiness probes (contract section 2)."""
+"""Liveness and readiness probes (docs/api.md#health)."""
 
 from __future__ import annotations
 

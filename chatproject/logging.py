@@ -1,7 +1,7 @@
 """Structured logging: one JSON object a line, with the request id of the current turn.
 
 Log calls pass ids, sizes, codes and timings through ``extra=``; never message text,
-tokens or keys (contract section 8).
+tokens or keys (docs/api.md#logs).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Prometheus metrics (contract section 8), counted per turn, never per chunk.
+"""Prometheus metrics (docs/api.md#metrics), counted per turn, never per chunk.
 
 With several server processes, set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory
 shared by the processes of one host (cleaned before they start): prometheus-client then

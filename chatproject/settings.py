@@ -1,6 +1,6 @@
-"""Settings for the chat service, read once from the environment (contract section 5).
+"""Settings for the chat service, read once from the environment (docs/api.md#settings).
 
-Every setting the contract names is an environment variable read here through
+Every setting docs/api.md lists is an environment variable read here through
 django-environ; nothing else in the project reads ``os.environ``.
 """
 
@@ -142,7 +142,7 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/"
 
-# OIDC (contract section 4). Bearer auth is on when the issuer and the JWKS are set.
+# OIDC (docs/api.md#authentication). Bearer auth is on when the issuer and the JWKS are set.
 OIDC_OP_ISSUER = env.str("OIDC_OP_ISSUER", default="")
 OIDC_OP_JWKS_ENDPOINT = env.str("OIDC_OP_JWKS_ENDPOINT", default="")
 OIDC_API_AUDIENCE = env.str("OIDC_API_AUDIENCE", default="")

@@ -1,4 +1,4 @@
-"""Top-level URLs (contract section 2)."""
+"""Top-level URLs (docs/api.md#rest-endpoints)."""
 
 from django.conf import settings
 from django.contrib import admin

@@ -1,4 +1,4 @@
-"""WebSocket routes (contract section 3.4), served by the same daphne process as HTTP."""
+"""WebSocket routes (docs/api.md#websocket), served by the same daphne process as HTTP."""
 
 from django.urls import path
 

@@ -1,4 +1,4 @@
-"""Input and output shapes of the conversations API (contract section 1)."""
+"""Input and output shapes of the conversations API (docs/api.md#resources)."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ class ChatMessageInputSerializer(serializers.Serializer):
 
 
 class ChatTurnInputSerializer(serializers.Serializer):
-    """Both body shapes of contract section 3.
+    """Both body shapes of docs/api.md#chat-body.
 
     ``{"context_id", "conversation_id"?, "messages": [...]}`` (client-kept history) or
     ``{"conversation_id", "message", "context_id"?}`` (server-kept history).

@@ -174,7 +174,7 @@ def turn_prepare(
     reserve_tokens: Callable[[list[ChatMessage], str], int],
     system_prompt: Callable[[Context], str],
 ) -> PreparedTurn:
-    """Check and start a turn in one transaction (contract 3 and 3.2).
+    """Check and start a turn in one transaction (docs/api.md#checks-before-the-stream).
 
     Ownership (404), a reply already streaming into the conversation (409
     ``conversation_busy``), too many open streams (429 ``too_many_streams``) and quota (429
@@ -288,7 +288,7 @@ class ReplyOutcome:
 
 
 def reply_tokens_charged(outcome: ReplyOutcome) -> int:
-    """Tokens a reply counts against the quota (contract 3.2).
+    """Tokens a reply counts against the quota (docs/api.md#quota).
 
     A complete or cancelled reply counts what the provider used; a failed one only the
     output that was delivered (nothing when it failed before any output).

@@ -1,4 +1,4 @@
-"""The contract's alias of the streaming endpoint: POST /api/ai/chat/stream."""
+"""The alias of the streaming endpoint: POST /api/ai/chat/stream (docs/api.md#rest-endpoints)."""
 
 from django.urls import path
 

@@ -1,4 +1,4 @@
-"""Shapes of the flows API (contract section 1)."""
+"""Shapes of the flows API (docs/api.md#resources)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The chat page and the session login around it (contract section 7).
+"""The chat page and the session login around it (docs/api.md#the-chat-page).
 
 The page is a static shell: the template renders the layout and loads
 ``web/chat.js``, which talks to the public API only (``/api/v1/...``) with the session

@@ -1,4 +1,4 @@
-"""OIDC bearer authentication (contract section 4) against a real local JWKS server."""
+"""OIDC bearer authentication (docs/api.md#oidc-bearer-tokens) against a real JWKS server."""
 
 from __future__ import annotations
 

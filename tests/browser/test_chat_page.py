@@ -1,4 +1,4 @@
-"""The chat page in a real Chromium, against a real daphne (contract section 7)."""
+"""The chat page in a real Chromium, against a real daphne (docs/api.md#the-chat-page)."""
 
 from __future__ import annotations
 

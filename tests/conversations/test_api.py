@@ -1,4 +1,4 @@
-"""The REST API of contract section 2: happy paths, field-named 400s, 404 for others' ids."""
+"""The REST API (docs/api.md#rest-endpoints): happy paths, field-named 400s, 404 for others' ids."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""/metrics: Prometheus text, summed over processes, loopback only (contract section 8)."""
+"""/metrics: Prometheus text, summed over processes, loopback only (docs/api.md#metrics)."""
 
 from __future__ import annotations
 

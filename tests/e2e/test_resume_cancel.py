@@ -1,4 +1,4 @@
-"""Resume and cancel on one process (contract 3.3)."""
+"""Resume and cancel on one process (docs/api.md#resume-cancel-disconnect)."""
 
 from __future__ import annotations
 

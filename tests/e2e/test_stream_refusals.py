@@ -1,4 +1,7 @@
-"""Every problem before the first byte is plain JSON with ``detail`` and ``code`` (contract 3)."""
+"""Every problem before the first byte is plain JSON with ``detail`` and ``code``.
+
+See docs/api.md#checks-before-the-stream.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The streaming chat turn end to end: a real daphne, a real SSE client (contract 3)."""
+"""The streaming chat turn end to end: a real daphne, a real SSE client.
+
+See docs/api.md#the-streaming-turn.
+"""
 
 from __future__ import annotations
 

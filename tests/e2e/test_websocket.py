@@ -1,4 +1,4 @@
-"""The chat WebSocket end to end (contract 3.4): a real daphne, a real WebSocket client."""
+"""The chat WebSocket end to end (docs/api.md#websocket): a real daphne, a real WebSocket client."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""``manage.py reset_quotas``: reset used counters and start a new period (contract 6)."""
+"""``manage.py reset_quotas``: reset used counters and start a new period.
+
+See docs/api.md#commands.
+"""
 
 from __future__ import annotations
 

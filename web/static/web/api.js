@@ -1,4 +1,4 @@
-// Thin fetch() wrappers over the public API (docs: /api/v1/docs/, CONTRACT.md).
+// Thin fetch() wrappers over the public API (docs: /api/v1/docs/, docs/api.md).
 //
 // The page is logged in with a Django session cookie, which the browser sends by itself
 // (same origin). Writes (POST, PATCH, DELETE) must also send the CSRF token: Django sets
@@ -123,7 +123,7 @@ export const markFlowDone = (flowId) =>
   getJSON(`/flows/${q(flowId)}/`, { method: "PATCH", json: { status: "done" } });
 export const getQuota = () => getJSON("/quota/");
 
-// --- The streaming turn (contract 3) -------------------------------------------------------
+// --- The streaming turn (docs/api.md#the-streaming-turn) -----------------------------------
 
 /**
  * Start a chat turn and return the SSE Response (read `response.body` with sse.js).

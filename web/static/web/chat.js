@@ -2,9 +2,9 @@
 //
 // What to read here, if you are writing another client:
 //   - send():          a chat turn is a fetch() POST answered with SSE, read by sse.js;
-//   - handleEvent():   what each event of the stream means for the UI (contract 3.1);
+//   - handleEvent():   what each event of the stream means for the UI (docs/api.md#sse-events);
 //   - resume():        following a reply with EventSource after the fetch stream broke or
-//                      after a reload, without losing or doubling text (contract 3.3);
+//                      after a reload, without losing or doubling text (docs/api.md#resume-cancel-disconnect);
 //   - stop():          cancelling a reply;
 //   - Reply:           reply text is untrusted, so it only ever goes into text nodes.
 //
@@ -45,7 +45,7 @@ const state = {
   unloading: false, // the page is going away: do not try to resume anything
 };
 
-/** The events of a chat turn's stream, in their order (contract 3.1). */
+/** The events of a chat turn's stream, in their order (docs/api.md#sse-events). */
 const EVENT_TYPES = ["metadata", "typing", "chunk", "flows_extracted", "done", "error"];
 
 /** Event ids encode positions: a chunk ending at character n of the reply has id 2 + n. */
