@@ -1,6 +1,6 @@
 """The OpenID provider's signing keys (JWKS), fetched asynchronously and cached.
 
-Fetching never blocks the event loop or a database thread (docs/api.md, Authentication):
+Fetching never blocks the event loop or a database thread (docs/api.md#oidc-bearer-tokens):
 
 - :meth:`JWKSCache.key_for` (async) is awaited in the event loop before any database unit
   runs: by :class:`accounts.middleware.BearerKeysMiddleware` for HTTP and by the WebSocket

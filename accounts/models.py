@@ -1,4 +1,4 @@
-"""OIDC identities: which user an OpenID provider's subject is (docs/api.md, Authentication).
+"""OIDC identities: which user an OpenID provider's subject is (docs/api.md#oidc-bearer-tokens).
 
 A user found by a bearer token or a browser login is looked up by ``(issuer, subject)``
 here, never by username: the same ``sub`` from two issuers is two users, and no local

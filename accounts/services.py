@@ -1,4 +1,4 @@
-"""The one authentication path of every transport (docs/api.md, Authentication).
+"""The one authentication path of every transport (docs/api.md#authentication).
 
 REST (DRF), the streaming views (SSE and JSON) and the WebSocket all call
 :func:`authenticate` with the ``Authorization`` value they received, so the same

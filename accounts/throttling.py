@@ -1,4 +1,4 @@
-"""Throttling of failed authentication (docs/api.md, Authentication).
+"""Throttling of failed authentication (docs/api.md#throttling-failed-authentication).
 
 A client that keeps presenting bad credentials gets 429 with ``Retry-After`` instead of
 another 401: bad API tokens and bearer tokens on every transport, and wrong passwords on

@@ -1,4 +1,4 @@
-"""WebSocket authentication, origin check and socket limit (docs/api.md, WebSocket).
+"""WebSocket authentication, origin check and socket limit (docs/api.md#websocket).
 
 Browsers cannot set ``Authorization`` on a WebSocket, so a token travels as a pair of
 subprotocols, the scheme then the credentials::

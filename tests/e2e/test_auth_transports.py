@@ -1,4 +1,4 @@
-"""One authentication path for every transport, end to end (docs/api.md, Authentication).
+"""One authentication path for every transport, end to end (docs/api.md#authentication).
 
 A real daphne with OIDC bearer auth on (against the fake provider's JWKS over HTTP) and
 real REST, SSE and WebSocket clients: the same credentials get the same answer and the
