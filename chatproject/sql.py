@@ -1,26 +1,59 @@
 """Plain SQL for the chat turn's hot statements, with names and values taken from the models.
 
-Every chat turn runs the same few statements (lock the quota row, store the messages,
-reserve, then store the reply, the usage ledger and settle). Measured in process
-(``bench/turn_cost.py``), the ORM spent 300-800 µs of CPU *building* each of them, while
-SQLite ran each in 20-70 µs: query building was most of a turn's fixed cost. These helpers
-write such a statement directly, and keep everything else Django gives:
+Every chat turn runs the same few statements: authenticate (the token, its user), lock the
+quota row, find the conversation, check the user's streaming replies, store the messages,
+reserve; then store the reply, the usage ledger and settle. Measured in process, the ORM
+spent most of a turn's fixed CPU *building* them: ``bench/turn_cost.py`` went from 7.0-8.3
+ms per turn on SQLite (13.1 ms on PostgreSQL) to 3.5-3.9 ms (5.2 ms) with these four
+functions, and each one pays for itself on its own (CPU per call, ``thread_time``, best
+of five rounds of 1,000, Django 5.2, SQLite and a local PostgreSQL, 2026-12):
 
-- Django's connection and cursor: the transaction (``atomic``), query logging and
+==========================================  ===============  ==========================
+statement                                   here, SQLite/PG  ORM, SQLite/PG
+==========================================  ===============  ==========================
+:func:`select`: the quota row FOR UPDATE    46 / 185 µs      244 / 458 µs
+:func:`select_values`: the streaming check  27 / 121 µs      342 / 465 µs
+:func:`insert`: the turn's two messages     145 / 276 µs     281 / 727 µs (bulk_create)
+:func:`update`: the reservation (``Add``)   25 / 121 µs      288 / 495 µs (``F() + n``)
+==========================================  ===============  ==========================
+
+Everything else is the ORM. What these functions keep of Django:
+
+- its connection and cursor: the transaction (``atomic``), query logging and
   ``assertNumQueries``, execute wrappers, and database errors mapped to Django's;
-- the models' own table and column names (``db_table``, ``Field.column``), so a rename
-  in a model and its migration is a rename here too;
-- each field's own conversion of values to the database (``get_db_prep_save``, which
-  handles UUIDs and time zones on SQLite and PostgreSQL alike), its ``pre_save``
-  (``auto_now``, ``auto_now_add``), and the backend's converters on the way back.
+- the models' own table and column names (``db_table``, ``Field.column``), so a rename in
+  a model and its migration is a rename here too;
+- each field's conversion of values to the database (``get_db_prep_save``: UUIDs and time
+  zones on SQLite and PostgreSQL alike), its ``pre_save`` (``auto_now``,
+  ``auto_now_add``), and the backend's converters on the way back; instances are built by
+  ``Model.from_db`` as the ORM builds them.
 
-Injection: statements are built only from the models' quoted table and column names
-(a field name is resolved through ``_meta.get_field``, so an unknown one raises) and
-``%s`` placeholders; every value travels as a parameter (hence the ``noqa: S608``).
+Injection: statements are built only from the models' quoted table and column names (a
+field name is resolved through ``_meta.get_field``, so an unknown one raises) and ``%s``
+placeholders; every value travels as a parameter (hence the ``noqa: S608``).
 
 What it leaves out: lookups other than equality, joins, and model signals (the models
-written through here have no receivers). Use it for a measured hot statement; the ORM
-stays the way to write everything else.
+written through here have no receivers).
+
+Django internals relied upon (not documented as public API; each is checked, with the
+Django version these figures were measured on, by ``tests/test_plain_sql.py``: on a
+Django upgrade, re-measure and re-check them):
+
+1. ``Model._prepare_related_fields_for_save(operation_name=...)`` (:func:`insert`): what
+   ``save()`` and ``bulk_create()`` call to refuse an unsaved related object and to copy a
+   related object's key into its ``*_id`` attribute.
+2. ``Options.concrete_fields`` (:func:`select`, :func:`insert`): the model's columns, in the
+   order ``Model.from_db`` reads values in.
+3. ``Field.get_col(alias)``, ``Expression.get_db_converters(connection)`` and
+   ``connection.ops.get_db_converters(expression)`` (:func:`select`,
+   :func:`select_values`): the converters the ORM's compiler applies to each column read,
+   each called as ``convert(value, expression, connection)``.
+4. A cache of those converters in the connection object's own ``__dict__`` (they are bound
+   to it): a connection wrapper takes attributes and is one per thread. Measured: 100 µs
+   of the 4 reads of a turn (190 µs with it, 300 µs without).
+5. ``connection.features.has_select_for_update`` and ``connection.ops.quote_name``.
+6. ``AutoField`` matching every auto-increment key class in ``isinstance``
+   (``BigAutoField`` and ``SmallAutoField`` too, through ``AutoFieldMeta``).
 """
 
 from __future__ import annotations
@@ -31,10 +64,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from django.db import DEFAULT_DB_ALIAS, connections
-from django.db.models import Field, Model
-from django.db.models.fields import AutoFieldMixin
+from django.db.models import AutoField, Field, Model
 
 M = TypeVar("M", bound=Model)
+
+#: Where the converters are kept on a connection object (see :func:`_converters`).
+CONVERTERS_ATTRIBUTE = "_plain_sql_converters"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +80,7 @@ class Add:
 
 
 def _field(model: type[Model], name: str) -> Field:
+    """The model's field called ``name`` (``pk`` too); FieldDoesNotExist otherwise."""
     if name == "pk":
         return model._meta.pk  # type: ignore[return-value]
     return model._meta.get_field(name)  # type: ignore[return-value]
@@ -57,10 +93,12 @@ def _conn() -> Any:
 
 
 def _table(conn: Any, model: type[Model]) -> str:
+    """The model's quoted table name."""
     return conn.ops.quote_name(model._meta.db_table)
 
 
 def _where(conn: Any, model: type[Model], where: Mapping[str, Any]) -> tuple[str, list[Any]]:
+    """``a = %s AND b IS NULL ...`` for ``where`` (field name to value), and its params."""
     if not where:
         raise ValueError("A plain statement names the rows it touches: where is empty.")
     clauses, params = [], []
@@ -74,11 +112,32 @@ def _where(conn: Any, model: type[Model], where: Mapping[str, Any]) -> tuple[str
     return " AND ".join(clauses), params
 
 
+@functools.cache
+def _loaded(model: type[Model], fields: tuple[str, ...] | None) -> tuple[tuple[str, ...], tuple]:
+    """The field names :func:`select` reads for ``fields`` (None: all), and their attnames.
+
+    ``Model.from_db`` takes a subset of the fields' values in the model's field order, so
+    the names are put in that order whatever order they were given in, the primary key
+    is always among them (as with ``.only()``), and each is read once. A name that is not
+    a column of the model raises ValueError.
+    """
+    concrete = model._meta.concrete_fields
+    if fields is None:
+        chosen = list(concrete)
+    else:
+        wanted = {_field(model, name) for name in fields} | {model._meta.pk}
+        if not wanted <= set(concrete):
+            names = sorted(f.name for f in wanted - set(concrete))
+            raise ValueError(f"Not columns of {model.__name__}: {', '.join(names)}.")
+        chosen = [f for f in concrete if f in wanted]
+    return tuple(f.name for f in chosen), tuple(f.attname for f in chosen)
+
+
 def _converters(conn: Any, model: type[Model], names: tuple[str, ...]) -> list[tuple]:
     """Per selected field: (column expression, converters), as the ORM's compiler uses
-    them. Kept on the connection itself (backend converters are bound to it): a cache
-    elsewhere would keep a finished thread's connection, and its socket, alive."""
-    cache = conn.__dict__.setdefault("_plain_sql_converters", {})
+    them. Kept on the connection object itself (backend converters are bound to it): a
+    cache elsewhere would keep a finished thread's connection, and its socket, alive."""
+    cache = conn.__dict__.setdefault(CONVERTERS_ATTRIBUTE, {})
     key = (model, names)
     found = cache.get(key)
     if found is None:
@@ -90,33 +149,12 @@ def _converters(conn: Any, model: type[Model], names: tuple[str, ...]) -> list[t
 
 
 def _convert(conn: Any, model: type[Model], names: tuple[str, ...], row: Sequence[Any]) -> list:
+    """A raw row of ``names`` converted to Python values as the ORM would."""
     values = list(row)
     for i, (col, converters) in enumerate(_converters(conn, model, names)):
         for convert in converters:
             values[i] = convert(values[i], col, conn)
     return values
-
-
-def select(
-    model: type[M],
-    where: Mapping[str, Any],
-    *,
-    fields: Sequence[str] | None = None,
-    limit: int | None = None,
-    for_update: bool = False,
-) -> list[M]:
-    """Instances of ``model`` whose fields equal ``where``, with ``fields`` loaded (all by
-    default; the others are deferred, as with ``.only()``). ``for_update`` locks the rows
-    where the database can (``SELECT ... FOR UPDATE``; SQLite's write transaction already
-    holds the lock). Call it inside ``transaction.atomic`` when locking."""
-    conn = _conn()
-    names = tuple(fields) if fields is not None else _all_fields(model)
-    attnames = [_field(model, name).attname for name in names]
-    suffix = f" LIMIT {int(limit)}" if limit is not None else ""
-    if for_update and conn.features.has_select_for_update:
-        suffix += " FOR UPDATE"
-    rows = _rows(conn, model, names, where, suffix)
-    return [model.from_db(conn.alias, attnames, _convert(conn, model, names, row)) for row in rows]
 
 
 def _rows(
@@ -131,9 +169,28 @@ def _rows(
         return cursor.fetchall()
 
 
-@functools.cache
-def _all_fields(model: type[Model]) -> tuple[str, ...]:
-    return tuple(f.name for f in model._meta.concrete_fields)
+def select(
+    model: type[M],
+    where: Mapping[str, Any],
+    *,
+    fields: Sequence[str] | None = None,
+    limit: int | None = None,
+    for_update: bool = False,
+) -> list[M]:
+    """Instances of ``model`` whose fields equal ``where`` (a value of None: ``IS NULL``).
+
+    ``fields``: the fields to load, in any order (the primary key is always loaded); the
+    others are deferred, as with ``.only()``. None loads all. ``for_update`` locks the rows
+    where the database can (``SELECT ... FOR UPDATE``; SQLite's write transaction already
+    holds the lock): call it inside ``transaction.atomic`` then.
+    """
+    conn = _conn()
+    names, attnames = _loaded(model, tuple(fields) if fields is not None else None)
+    suffix = f" LIMIT {int(limit)}" if limit is not None else ""
+    if for_update and conn.features.has_select_for_update:
+        suffix += " FOR UPDATE"
+    rows = _rows(conn, model, names, where, suffix)
+    return [model.from_db(conn.alias, attnames, _convert(conn, model, names, row)) for row in rows]
 
 
 def select_values(model: type[Model], name: str, where: Mapping[str, Any]) -> list[Any]:
@@ -145,8 +202,8 @@ def select_values(model: type[Model], name: str, where: Mapping[str, Any]) -> li
 
 def insert(objs: Iterable[Model]) -> None:
     """Store unsaved instances of one model in one ``INSERT``, as ``bulk_create`` would
-    (related fields resolved, defaults, ``auto_now``/``auto_now_add`` applied); an
-    auto-increment key left unset is not read back."""
+    (related fields checked and resolved, defaults, ``auto_now``/``auto_now_add``
+    applied); an auto-increment key left unset is not read back."""
     objs = list(objs)
     if not objs:
         return
@@ -155,7 +212,7 @@ def insert(objs: Iterable[Model]) -> None:
     fields = [
         f
         for f in model._meta.concrete_fields
-        if not (isinstance(f, AutoFieldMixin) and getattr(objs[0], f.attname) is None)
+        if not (isinstance(f, AutoField) and getattr(objs[0], f.attname) is None)
     ]
     rows = []
     for obj in objs:

@@ -497,8 +497,7 @@ def _turn_lost(
     return released.quota if released is not None else quota_snapshot(user=message.user)
 
 
-#: The fields of a reply that say how it ended (in the model's order: ``sql.select`` loads
-#: them through ``Model.from_db``, which takes a subset of fields in that order).
+#: The fields of a reply that say how it ended.
 _REPLY_END = ("id", "content", "status", "finish_reason", "error_code", "error_retryable")
 
 

@@ -1,5 +1,6 @@
 """chatproject.sql: the turn's hot statements, checked against what the ORM reads and
-writes on the same database (SQLite in ``make test``, PostgreSQL in CI's second run)."""
+writes on the same database (SQLite in ``make test``, PostgreSQL in CI's second run), and
+each Django internal it relies on, pinned to the Django version it was checked on."""
 
 from __future__ import annotations
 
@@ -8,9 +9,14 @@ import threading
 import uuid
 import weakref
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import django
 import pytest
-from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.contrib.auth import get_user_model
+from django.core.exceptions import FieldDoesNotExist
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models, transaction
+from django.db.models import AutoField, Model
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
@@ -242,3 +248,133 @@ def test_the_streaming_check_reads_an_index_not_all_of_the_users_messages(user):
             cursor.execute("EXPLAIN " + check, params)
             plan = " ".join(row[0] for row in cursor.fetchall())
     assert "message_user_streaming_idx" in plan, plan
+
+
+# --- select's fields: any order (Model.from_db reads values in the model's field order) ----
+
+
+def test_select_with_fields_in_any_order_loads_each_into_its_own_field(user):
+    conversation = factories.make_conversation(factories.make_context(user))
+    message = factories.make_message(
+        conversation, "assistant", "Hello", status=Message.Status.FAILED, error_code="ai_timeout"
+    )
+    # Not the model's order (id, ..., content, status, ...), and without the key.
+    (plain,) = sql.select(Message, {"id": message.id}, fields=["error_code", "status", "content"])
+    assert (plain.id, plain.content, plain.status, plain.error_code) == (
+        message.id, "Hello", "failed", "ai_timeout",
+    )  # fmt: skip
+    assert "role" in plain.get_deferred_fields() and "id" not in plain.get_deferred_fields()
+    # Every field, shuffled: each value still lands in its own field.
+    names = [f.name for f in Message._meta.concrete_fields][::-1]
+    (every,) = sql.select(Message, {"id": message.id}, fields=names)
+    orm = Message.objects.get(pk=message.id)
+    for field in Message._meta.concrete_fields:
+        assert getattr(every, field.attname) == getattr(orm, field.attname), field.name
+    # A name given twice is read once; an attname names its field.
+    (twice,) = sql.select(Message, {"id": message.id}, fields=("status", "status", "user_id"))
+    assert (twice.status, twice.user_id) == ("failed", user.pk)
+
+
+def test_select_refuses_names_that_are_not_columns(user):
+    with pytest.raises(FieldDoesNotExist):
+        sql.select(Message, {"user": user.pk}, fields=("nope",))
+    with pytest.raises(ValueError, match="Not columns of Context: conversations"):
+        sql.select(Context, {"user": user.pk}, fields=("name", "conversations"))
+
+
+# --- Django internals chatproject/sql.py relies on (its docstring lists them) ----------------
+
+UPGRADE = "re-measure (bench/turn_cost.py) and re-check chatproject/sql.py's private API"
+
+
+def test_pinned_to_the_django_version_it_was_measured_and_checked_on():
+    assert django.VERSION[:2] == (5, 2), f"Django {django.get_version()}: {UPGRADE} on an upgrade"
+
+
+def test_private_api_prepare_related_fields_for_save(user):
+    """1: refuses an unsaved related object; copies a related object's key saved later."""
+    assert callable(Model._prepare_related_fields_for_save), UPGRADE
+    unsaved = get_user_model()(username="ghost")
+    with pytest.raises(ValueError, match=r"insert\(\) prohibited .* unsaved related object"):
+        sql.insert([_ledger_line(unsaved)])
+    later = get_user_model()(username="later")
+    line = _ledger_line(later)
+    later.save()
+    assert line.user_id is None
+    sql.insert([line])
+    assert line.user_id == later.pk
+    assert UsageRecord.objects.get(user=later).tokens_charged == 3
+
+
+def test_private_api_concrete_fields_are_the_columns_in_from_db_order():
+    """2: ``Options.concrete_fields`` lists the columns; ``from_db`` reads a subset of
+    values in that order (what ``_loaded`` sorts ``fields`` into)."""
+    fields = Context._meta.concrete_fields
+    assert [f.name for f in fields][:2] == ["id", "user"], UPGRADE
+    loaded = Context.from_db(DEFAULT_DB_ALIAS, ["id", "name"], [uuid.uuid4(), "n"])
+    assert loaded.name == "n" and "description" in loaded.get_deferred_fields()
+
+
+def test_private_api_converters_are_the_compilers():
+    """3: for every column, ``get_col`` + the backend's and the expression's
+    ``get_db_converters`` are the converters the ORM's compiler applies."""
+    for model in (Message, Quota, Reservation, get_user_model(), Token):
+        names = tuple(f.name for f in model._meta.concrete_fields)
+        ours = sql._converters(connections[DEFAULT_DB_ALIAS], model, names)
+        compiler = model.objects.all().query.get_compiler(using=DEFAULT_DB_ALIAS)
+        compiler.setup_query()
+        columns = [col for col, _select, _alias in compiler.select]
+        theirs = compiler.get_converters(columns)
+        for i, (col, converters) in enumerate(ours):
+            assert col == columns[i], UPGRADE
+            assert converters == (theirs[i][0] if i in theirs else []), (model, col, UPGRADE)
+
+
+def test_private_api_converter_cache_lives_on_each_threads_connection(user):
+    """4: the connection object takes the cache in its ``__dict__``; another thread has
+    its own connection object, hence its own cache (the converters are bound to it)."""
+    factories.make_context(user)
+    sql.select(Context, {"user": user.pk})
+    mine = connections[DEFAULT_DB_ALIAS]
+    assert sql.CONVERTERS_ATTRIBUTE in vars(mine), UPGRADE
+    theirs: list[Any] = []
+
+    def work() -> None:
+        try:
+            sql.select(Context, {"user": user.pk})
+            theirs.append(connections[DEFAULT_DB_ALIAS])
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert theirs and theirs[0] is not mine
+    cached = vars(theirs[0])[sql.CONVERTERS_ATTRIBUTE]
+    assert cached is not vars(mine)[sql.CONVERTERS_ATTRIBUTE]
+    for converters in cached.values():
+        for _col, bound in converters:
+            assert all(getattr(f, "__self__", None) is not mine.ops for f in bound)
+
+
+def test_private_api_backend_features_and_quoting():
+    """5: the two backend attributes the statements are built with."""
+    wrapper = connections[DEFAULT_DB_ALIAS]
+    assert isinstance(wrapper.features.has_select_for_update, bool), UPGRADE
+    assert wrapper.features.has_select_for_update == (wrapper.vendor != "sqlite")
+    assert wrapper.ops.quote_name("ai_quota") == '"ai_quota"'
+
+
+def test_private_api_autofield_isinstance_matches_every_auto_key():
+    """6: ``insert`` leaves out an unset auto-increment key, found by ``isinstance``."""
+    assert isinstance(UsageRecord._meta.pk, models.BigAutoField)
+    assert isinstance(UsageRecord._meta.pk, AutoField), UPGRADE
+    assert isinstance(models.SmallAutoField(), AutoField), UPGRADE
+    assert not isinstance(Message._meta.pk, AutoField)
+
+
+def _ledger_line(owner: Any) -> UsageRecord:
+    return usage_record_build(
+        user=owner, provider="mock", model="m", purpose="reply", input_tokens=1,
+        output_tokens=2, estimated=False, tokens_charged=3, outcome="complete",
+    )  # fmt: skip
