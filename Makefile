@@ -5,15 +5,29 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install lint migrate clean cluster bench
+.PHONY: run test install install-dev lint migrate clean cluster bench
 
+# requirements.txt is what the service runs on (`make run`, `make cluster`);
+# requirements-dev.txt adds the tests and tools (`make test`, `make lint`), and
+# requirements-bench.txt the benchmarks. One stamp file each, so that a venv made by
+# `make run` gets the rest when `make test` comes, and a changed file reinstalls.
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	touch $@
 
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+$(VENV)/.installed-bench: $(VENV)/.installed-dev requirements-bench.txt
+	$(VENV)/bin/pip install --quiet -r requirements-bench.txt
+	touch $@
+
 install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
 
 # The server refuses to start without DJANGO_SECRET_KEY (DJANGO_DEBUG off, as in
 # production): `make run`, `make migrate` and `make cluster` use one made for this
@@ -34,11 +48,11 @@ run: migrate
 	$(PY) manage.py demo_setup --url http://$(HOST):$(PORT)/
 	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) chatproject.asgi:application
 
-lint: install
+lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: install
+test: install-dev
 	$(VENV)/bin/ruff check .
 	DJANGO_SETTINGS_MODULE=tests.settings $(PY) manage.py makemigrations --check --dry-run
 	bash scripts/ensure_chromium.sh
@@ -46,8 +60,7 @@ test: install
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # The load benchmark (under five minutes): the product against two reference relays.
-bench: install
-	$(VENV)/bin/pip install --quiet -r requirements-bench.txt
+bench: $(VENV)/.installed-bench
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 # N daphne processes (default 2) on PostgreSQL + Redis behind a private nginx (docs/operations.md).
