@@ -5,8 +5,9 @@ The scale-out set-up of docs/operations.md on one machine, to try it: daphne pro
 own prefix and generated config in a temporary folder (``nginx -p <tmp> -c
 <tmp>/nginx.conf``, ``daemon off``, pid and logs in the folder, never the system service),
 listening on 127.0.0.1:8080. The nginx config is deploy/nginx.cluster.conf.template with
-the "chat" sections of deploy/nginx.conf copied in. Ctrl-C (SIGINT) or SIGTERM stops nginx
-and the daphnes and removes the folder.
+its upstream servers, listen address and folders filled in; like deploy/nginx.conf, it
+includes the service's settings and locations from deploy/chat/. Ctrl-C (SIGINT) or
+SIGTERM stops nginx and the daphnes and removes the folder.
 
     python scripts/cluster.py [N] [--port 8080] [--daphne-port 8001] [--keep]
 
@@ -45,11 +46,12 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 PRODUCTION_CONFIG = DEPLOY / "nginx.conf"
+#: The files both configs include: http.conf (in ``http {}``), server.conf (in ``server {}``).
+CHAT_CONF_DIR = DEPLOY / "chat"
 CLUSTER_TEMPLATE = DEPLOY / "nginx.cluster.conf.template"
 NGINX = "/usr/sbin/nginx"
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/chat_cluster"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/3"
-STATIC_ALIAS = "alias /srv/chat/staticfiles/;"
 
 
 def daphne_command(port: int, access_log: Path, python: str = sys.executable) -> list[str]:
@@ -100,19 +102,6 @@ def mime_types_path(nginx: str) -> str:
     raise ClusterError(f"cannot find the mime.types of {nginx}")
 
 
-def config_section(text: str, name: str) -> str:
-    """The lines between ``# --- chat <name> section`` and ``# --- end of chat <name>
-    section`` in deploy/nginx.conf (marker lines excluded)."""
-    start = f"# --- chat {name} section"
-    end = f"# --- end of chat {name} section"
-    lines = text.splitlines()
-    begin = next((i for i, line in enumerate(lines) if line.strip().startswith(start)), None)
-    stop = next((i for i, line in enumerate(lines) if line.strip().startswith(end)), None)
-    if begin is None or stop is None or stop <= begin:
-        raise ClusterError(f"{PRODUCTION_CONFIG} lost its '{start}' ... '{end}' markers")
-    return "\n".join(lines[begin + 1 : stop])
-
-
 def render_nginx_config(
     *,
     prefix: Path,
@@ -122,12 +111,8 @@ def render_nginx_config(
     mime_types: str,
     worker_processes: int = 1,
 ) -> str:
-    """The cluster's nginx.conf: the template, with deploy/nginx.conf's chat sections."""
-    production = PRODUCTION_CONFIG.read_text()
-    server_section = config_section(production, "server")
-    if STATIC_ALIAS not in server_section:
-        raise ClusterError(f"{PRODUCTION_CONFIG}: expected '{STATIC_ALIAS}' in the server section")
-    server_section = server_section.replace(STATIC_ALIAS, f"alias {static_root}/;")
+    """The cluster's nginx.conf: the template with its placeholders filled in. It includes
+    deploy/chat/'s files where they are (absolute paths), as deploy/nginx.conf does."""
     servers = "\n".join(
         f"        server {address} max_fails=1 fail_timeout=10s;" for address in upstreams
     )
@@ -135,10 +120,10 @@ def render_nginx_config(
         "@@PREFIX@@": str(prefix),
         "@@WORKER_PROCESSES@@": str(worker_processes),
         "@@MIME_TYPES@@": mime_types,
-        "@@CHAT_HTTP_SECTION@@": config_section(production, "http"),
+        "@@CHAT_CONF@@": str(CHAT_CONF_DIR),
         "@@UPSTREAM_SERVERS@@": servers,
         "@@LISTEN@@": listen,
-        "@@CHAT_SERVER_SECTION@@": server_section,
+        "@@STATIC_ROOT@@": str(static_root),
     }
     text = CLUSTER_TEMPLATE.read_text()
     for placeholder, value in values.items():

@@ -1,8 +1,9 @@
 """deploy/nginx.conf's per-client-address limits, run by a real nginx.
 
-nginx runs the production config's "chat" sections (scripts/cluster.py renders them into
-deploy/nginx.cluster.conf.template, as ``make cluster`` does) in front of a small fake
-upstream that answers every request at once and holds event streams open. Clients connect
+nginx runs the production config's chat settings and locations (deploy/chat/, which
+scripts/cluster.py's rendering of deploy/nginx.cluster.conf.template includes, as ``make
+cluster`` does) in front of a small fake upstream that answers every request at once and
+holds event streams open. Clients connect
 from other loopback addresses (127.0.0.2, ...: every 127/8 address is this host on Linux),
 since the config does not limit 127.0.0.1 itself (health checks, the scraper, benchmarks).
 """
@@ -33,7 +34,7 @@ from tests.e2e.server import free_port
 
 pytestmark = pytest.mark.e2e
 
-#: The limits deploy/nginx.conf sets (its comments say why).
+#: The limits deploy/chat/ sets (its comments say why).
 STREAMS_PER_ADDRESS = 32
 API_BURST = 40
 LOGIN_BURST = 5
@@ -86,7 +87,7 @@ class _UpstreamHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def nginx_url() -> Iterator[str]:
-    """A private nginx with the production chat sections in front of :class:`FakeUpstream`."""
+    """A private nginx with the production chat locations in front of :class:`FakeUpstream`."""
     try:
         nginx = find_nginx()
     except ClusterError as exc:

@@ -18,7 +18,7 @@ from websockets.sync.client import connect
 
 from ai.models import Reservation
 from conversations.models import Message
-from scripts.cluster import NGINX, PRODUCTION_CONFIG, find_nginx
+from scripts.cluster import CHAT_CONF_DIR, NGINX, PRODUCTION_CONFIG, find_nginx
 from tests import factories
 from tests.e2e.cluster import (
     log_entry,
@@ -74,6 +74,8 @@ def test_nginx_is_installed_and_accepts_the_production_config(tmp_path):
         text = text.replace("user www-data;", "")
     config = tmp_path / "nginx.conf"
     config.write_text(text)
+    # Installed as documented: deploy/chat/ beside nginx.conf (its relative includes).
+    shutil.copytree(CHAT_CONF_DIR, tmp_path / "chat")
     result = subprocess.run(
         [find_nginx(), "-t", "-p", str(tmp_path), "-c", str(config), "-e", str(tmp_path / "e.log")],
         capture_output=True, text=True,
