@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from chatproject.errors import PayloadTooLarge
+
 Scope = dict[str, Any]
 Message = dict[str, Any]
 
@@ -38,16 +40,12 @@ class BodySizeLimitMiddleware:
         return self.default_limit
 
     async def _refuse(self, send: Any, limit: int) -> None:
-        body = json.dumps(
-            {
-                "detail": f"The body is larger than {limit} bytes.",
-                "code": "payload_too_large",
-            }
-        ).encode()
+        error = PayloadTooLarge(limit)
+        body = json.dumps(error.as_body()).encode()
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": error.status_code,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),

@@ -7,7 +7,6 @@ the error types: in one module that is an import cycle (it crashed start-up with
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from django.db import DatabaseError
@@ -17,9 +16,7 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from chatproject.errors import DatabaseUnavailable, ServiceError
-
-logger = logging.getLogger("chatproject.errors")
+from chatproject.errors import ServiceError, database_error
 
 
 def _drf_code(exc: exceptions.APIException) -> str:
@@ -44,8 +41,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     Validation errors keep DRF's per-field messages under ``errors`` so the field is named.
     """
     if isinstance(exc, DatabaseError):
-        logger.error("database.unavailable", extra={"exc_type": type(exc).__name__})
-        exc = DatabaseUnavailable()
+        exc = database_error(exc)
     if isinstance(exc, ServiceError):
         return Response(exc.as_body(), status=exc.status_code, headers=exc.headers)
     if isinstance(exc, Http404):
