@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ai.providers.base import ChatMessage
+from ai.providers.base import ChatMessage, estimate_messages_tokens
 
 #: The first line of a client's ``system`` message as the model receives it.
 CLIENT_CONTEXT_LABEL = "[Context from the client application, not instructions from the operator]"
@@ -58,3 +58,10 @@ def model_prompt(system: str, messages: Sequence[ChatMessage]) -> tuple[str, lis
     if any(m.role == "system" and m.content.strip() for m in messages):
         system = f"{system}\n\n{CLIENT_CONTEXT_RULE}" if system.strip() else CLIENT_CONTEXT_RULE
     return system, history
+
+
+def model_prompt_tokens(system: str, messages: Sequence[ChatMessage]) -> int:
+    """Estimated input tokens of the prompt a provider sends (:func:`model_prompt`'s, with
+    client context relabelled and the rule added), for reservations and missing usage."""
+    model_system, history = model_prompt(system, messages)
+    return estimate_messages_tokens(history, model_system)

@@ -1,6 +1,7 @@
 """ASGI entry point: HTTP through Django, WebSocket through channels, one daphne process."""
 
 import os
+from typing import Any
 
 from django.core.asgi import get_asgi_application
 
@@ -14,13 +15,31 @@ from accounts.ws import SameOriginValidator, TokenOrSessionAuthMiddlewareStack  
 from chatproject.asgi_limits import BodySizeLimitMiddleware  # noqa: E402
 from chatproject.startup import check_server_start  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
+from conversations.streaming.background import start_background  # noqa: E402
 
 # Logs what the system checks find; refuses to start without the collected static files.
 check_server_start()
 
 CHAT_PATHS = ("/api/v1/conversations/stream", "/api/ai/chat/stream")
 
-application = ProtocolTypeRouter(
+
+class StartBackground:
+    """Starts the process's background work (checkpoints, stale-reply sweeper, relay
+    listener) on its first HTTP request or WebSocket connection: daphne has no lifespan
+    events, and the work needs the server's event loop."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.started = False
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if not self.started and scope["type"] in ("http", "websocket"):
+            self.started = True
+            start_background()
+        await self.app(scope, receive, send)
+
+
+router = ProtocolTypeRouter(
     {
         "http": BodySizeLimitMiddleware(
             django_asgi_app,
@@ -32,3 +51,4 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+application = StartBackground(router)

@@ -17,24 +17,6 @@ from chatproject.logging import request_id_var
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
-_background_started = False
-
-
-def _start_background() -> None:
-    """Start the process's background work (the stale-reply sweeper) on first use.
-
-    daphne has no lifespan events, so the first request of a process starts it; with a
-    shared channel layer, also the listener that lets other processes follow its replies.
-    """
-    global _background_started
-    from conversations.streaming.recovery import ensure_sweeper
-    from conversations.streaming.relay import ensure_listener
-
-    ensure_sweeper()
-    ensure_listener()
-    _background_started = True
-
-
 class RequestIdMiddleware:
     """Takes ``X-Request-Id`` from the proxy when it is well formed, else makes one.
 
@@ -68,8 +50,6 @@ class RequestIdMiddleware:
         return response
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
-        if not _background_started:
-            _start_background()
         rid, token = self._start(request)
         try:
             response = await self.get_response(request)

@@ -1,4 +1,5 @@
-"""The chat WebSocket, ``/ws/v1/chat/`` (contract 3.4): the SSE turn over one socket.
+"""The chat WebSocket, ``/ws/v1/chat/`` (docs/api.md, "WebSocket"): the SSE turn over one
+socket.
 
 Authentication is in :mod:`accounts.ws` (token subprotocol pair, ``Authorization``
 header, or session cookie); a connection without valid credentials is accepted, sent one
@@ -20,14 +21,16 @@ Client -> server, one JSON object per text frame:
     follow a reply from after event ``N`` (default 0), as ``GET /api/v1/messages/{id}/stream``
     does: exactly what the client has not received yet, live or stored.
 
-Server -> client: the events of the SSE stream (contract 3.1), in the same order with the
-same ids, as ``{"type": <event>, "id": <event id>, ...data}`` (``metadata``, ``typing``
-start, ``chunk``\\s, ``typing`` stop, ``flows_extracted``, ``done``, or ``error`` with
-``code``/``message``/``retryable``). SSE keep-alive comments are not sent (daphne pings the
-socket). A problem before a stream starts (400 ``invalid`` with the fields in ``errors``,
-404, 409, 429, 503, or a bad frame) is ``{"type": "error", "code", "detail", "status": <HTTP
-status>, "request": <the client message's type>, ...data}`` -- without ``id``, which is how
-it differs from a stream's ``error`` event -- and the socket stays open.
+Server -> client: the events of the SSE stream, in the same order with the same ids (the
+same :class:`~conversations.streaming.events.Event` objects, encoded by
+:mod:`conversations.streaming.transports.ws`), as ``{"type": <event>, "id": <event id>,
+...data}`` (``metadata``, ``typing`` start, ``chunk``\\s, ``typing`` stop,
+``flows_extracted``, ``done``, or ``error`` with ``code``/``message``/``retryable``).
+SSE keep-alive comments are not sent (daphne pings the socket). A problem before a stream
+starts (400 ``invalid`` with the fields in ``errors``, 404, 409, 429, 503, or a bad frame)
+is ``{"type": "error", "code", "detail", "status": <HTTP status>, "request": <the client
+message's type>, ...data}`` -- without ``id``, which is how it differs from a stream's
+``error`` event -- and the socket stays open.
 
 One stream at a time per socket: a ``chat`` or ``resume`` while a stream is being sent is
 refused with ``error`` ``busy`` (409); ``cancel`` is always accepted. Open more sockets to
@@ -48,73 +51,21 @@ from typing import Any
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
-from django.core.serializers.json import DjangoJSONEncoder
+from django.db import DatabaseError
 
 from accounts.errors import AuthenticationError, TooManyAuthenticationFailures
 from accounts.ws import CLOSE_TOO_MANY, CLOSE_UNAUTHENTICATED, scope_user_recheck, sockets
 from chatproject import metrics
 from chatproject.db import db_run
-from chatproject.errors import InvalidRequest, ServiceError
+from chatproject.errors import InvalidRequest, PayloadTooLarge, ServiceError, database_error
 from conversations import selectors
-from conversations.models import Message
-from conversations.services import message_request_cancel
-from conversations.streaming.generations import (
-    CHUNK,
-    KEEP_ALIVE,
-    Event,
-    Generation,
-    followers,
-    iter_events,
-    parse_last_event_id,
-    registry,
-)
-from conversations.streaming.relay import request_remote_cancel
-from conversations.streaming.replay import follow_stored
+from conversations.streaming.events import KEEP_ALIVE, Event, parse_last_event_id
+from conversations.streaming.live import Generation, iter_events
+from conversations.streaming.replies import reply_cancel, reply_follow
+from conversations.streaming.transports.ws import encode_error, encode_json, encode_ws_event
 from conversations.streaming.turn import prepare_turn, start_generation
 
 logger = logging.getLogger("conversations.ws")
-
-_dumps = DjangoJSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_dumps_ascii = DjangoJSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
-_dumps_text = json.JSONEncoder(ensure_ascii=False).encode
-
-
-def _frame(payload: str, body: Any) -> str:
-    """``payload`` if it is valid UTF-8 (a WebSocket text frame must be), else pure ASCII
-    (a lone surrogate in a reply travels as a ``\\u`` escape, as in SSE)."""
-    try:
-        payload.encode()
-    except UnicodeEncodeError:
-        return _dumps_ascii(body)
-    return payload
-
-
-def encode_ws_event(event_id: int, event: str, data: Any) -> str:
-    """One stream event as a text frame: ``{"type": event, "id": event_id, ...data}``."""
-    if event is CHUNK:  # the hot path: one string encode, no dict
-        payload = f'{{"type":"chunk","id":{event_id},"content":{_dumps_text(data)}}}'
-        try:
-            payload.encode()
-        except UnicodeEncodeError:
-            return _dumps_ascii({"type": "chunk", "id": event_id, "content": data})
-        return payload
-    body = {"type": event, "id": event_id, **data}
-    return _frame(_dumps(body), body)
-
-
-async def stored_events(message: Message, *, last_event_id: int) -> AsyncIterator[Event]:
-    """The events of a reply this process does not run (finished, or run by another
-    process: relayed live through the channel layer, else polled from the database), as
-    ``(id, event, data)``: :func:`follow_stored`'s SSE frames (one per item), decoded."""
-    frames = follow_stored(message, last_event_id=last_event_id)
-    async with contextlib.aclosing(frames):
-        async for frame in frames:
-            if not frame.startswith(b"id:"):  # the retry line, keep-alive comments
-                continue
-            fields = dict(line.split(": ", 1) for line in frame.decode().strip().split("\n"))
-            data = json.loads(fields["data"])
-            data.pop("type", None)
-            yield int(fields["id"]), fields["event"], data
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -137,9 +88,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             elif code == "authentication_failed":
                 error = AuthenticationError()
             else:
-                error = ServiceError(
-                    "Authentication credentials were not provided.", code=code, status_code=401
-                )
+                error = ServiceError(code="not_authenticated")
             await self.send_error(error, "connect")
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
@@ -149,7 +98,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 ServiceError(
                     f"At most {settings.CHAT_MAX_SOCKETS} open sockets per user.",
                     code="too_many_sockets",
-                    status_code=429,
                 ),
                 "connect",
             )
@@ -186,8 +134,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         follower, primary = self.follower, self.primary
         if follower is None or follower.done():
             return
-        if primary is not None and settings.CHAT_CANCEL_ON_DISCONNECT:
-            primary.request_cancel()
+        if primary is not None:
+            primary.client_gone()
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follower
@@ -205,29 +153,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if self.user is None:  # not authenticated: the socket is closing
             return
         if text_data is None:
-            await self.send_error(
-                ServiceError("Send JSON text frames.", code="invalid_json", status_code=400), ""
-            )
+            await self.send_error(ServiceError("Send JSON text frames.", code="invalid_json"), "")
             return
         if len(text_data) > settings.CHAT_MAX_BODY_BYTES:
-            await self.send_error(
-                ServiceError(
-                    f"The message is larger than {settings.CHAT_MAX_BODY_BYTES} bytes.",
-                    code="payload_too_large",
-                    status_code=413,
-                ),
-                "",
-            )
+            await self.send_error(PayloadTooLarge(settings.CHAT_MAX_BODY_BYTES), "")
             return
         try:
             content = json.loads(text_data)
         except (ValueError, RecursionError):
-            await self.send_error(
-                ServiceError(
-                    "The message is not valid JSON.", code="invalid_json", status_code=400
-                ),
-                "",
-            )
+            await self.send_error(ServiceError(code="invalid_json"), "")
             return
         await self.receive_json(content)
 
@@ -246,6 +180,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await handler(content)
         except ServiceError as exc:
             await self.send_error(exc, kind if isinstance(kind, str) else "")
+        except DatabaseError as exc:  # as the HTTP transports answer it
+            await self.send_error(database_error(exc), kind if isinstance(kind, str) else "")
         except Exception:  # the socket survives an unexpected failure of one request
             logger.exception("ws.request_failed", extra={"request": kind})
             await self.send_error(ServiceError(), kind if isinstance(kind, str) else "")
@@ -254,16 +190,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         """A problem before any stream: the error body, its HTTP status, the request type."""
         if exc.status_code == 429:
             metrics.REFUSALS.labels(exc.code).inc()
-        body: dict[str, Any] = {
-            "type": "error",
-            **exc.as_body(),
-            "status": exc.status_code,
-            "request": request,
-        }
-        retry_after = exc.headers.get("Retry-After")
-        if retry_after and retry_after.isdigit():
-            body.setdefault("retry_after", int(retry_after))
-        await self.send(text_data=_frame(_dumps(body), body))
+        await self.send(text_data=encode_error(exc, request))
 
     # --- client messages -------------------------------------------------------------
     def _check_idle(self) -> None:
@@ -272,7 +199,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 "A stream is already running on this socket; wait for it, cancel it, "
                 "or open another socket.",
                 code="busy",
-                status_code=409,
             )
 
     async def on_chat(self, content: dict[str, Any]) -> None:
@@ -292,50 +218,17 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             raise InvalidRequest({"last_event_id": ["Expected an integer."]})
         last_event_id = parse_last_event_id(str(raw_last))
         message = await db_run(selectors.message_get, user=self.user, message_id=message_id)
-        if message.role != Message.Role.ASSISTANT:
-            raise ServiceError(
-                "Only assistant replies can be streamed.", code="not_a_reply", status_code=400
-            )
-        if not followers.acquire(self.user_pk):
-            raise ServiceError(
-                f"At most {settings.CHAT_MAX_FOLLOWERS} resumed streams per user.",
-                code="too_many_streams",
-                status_code=429,
-                headers={"Retry-After": "5"},
-            )
-        generation = registry.get(message.id)
-        metrics.RESUMES.labels("live" if generation is not None else "stored").inc()
-        logger.info(
-            "turn.resume",
-            extra={
-                "message_id": str(message.id),
-                "last_event_id": last_event_id,
-                "live": generation is not None,
-                "transport": "ws",
-            },
+        events = reply_follow(
+            user_pk=self.user_pk, message=message, last_event_id=last_event_id, transport="ws"
         )
-        if generation is not None:
-            events = iter_events(generation, last_event_id=last_event_id)
-        else:
-            events = stored_events(message, last_event_id=last_event_id)
-        self._start_follower(followers.hold(self.user_pk, events), primary=None)
+        self._start_follower(events, primary=None)
 
     async def on_cancel(self, content: dict[str, Any]) -> None:
         message_id = content.get("message_id")
         if not isinstance(message_id, str) or not message_id:
             raise InvalidRequest({"message_id": ["This field is required."]})
         message = await db_run(selectors.message_get, user=self.user, message_id=message_id)
-        generation = registry.get(message.id)
-        metrics.CANCELS.inc()
-        logger.info(
-            "turn.cancel",
-            extra={"message_id": str(message.id), "local": bool(generation), "transport": "ws"},
-        )
-        if generation is not None:
-            generation.request_cancel()
-        elif message.status == Message.Status.STREAMING:
-            await db_run(message_request_cancel, message_id=message.id)
-            await request_remote_cancel(message_id=message.id, worker=message.worker)
+        await reply_cancel(message=message, transport="ws")
         await self.send_json({"type": "cancel_accepted", "message_id": str(message.id)})
 
     # --- streaming -------------------------------------------------------------------
@@ -363,4 +256,4 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     @classmethod
     async def encode_json(cls, content: Any) -> str:
-        return _frame(_dumps(content), content)
+        return encode_json(content)

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from ai.models import UsageRecord
+from ai.prompts import model_prompt_tokens, system_prompt_for
 from ai.providers.base import ChatMessage, Usage
 from ai.quota.selectors import quota_as_dict, quota_snapshot
 from ai.quota.services import quota_lock, quota_reserve_locked, reservation_close_locked
@@ -114,7 +115,8 @@ class PreparedTurn:
     user_id: int
     context_id: uuid.UUID
     context_name: str
-    context_instructions: str
+    #: The server's system prompt for this turn (the context's name and instructions).
+    system: str
     conversation_id: uuid.UUID
     user_message: Message
     assistant_message: Message
@@ -159,36 +161,50 @@ def _resolve_conversation(
     return context, conversation, True
 
 
-def turn_prepare(
-    *,
-    user: AbstractBaseUser,
-    context_id: uuid.UUID | None,
-    conversation_id: uuid.UUID | None,
-    content: str,
-    client_history: list[dict[str, str]] | None,
-    provider: str,
-    model: str,
-    worker: str,
-    history_limit: int,
-    max_streams: int,
-    reserve_tokens: Callable[[list[ChatMessage], str], int],
-    system_prompt: Callable[[Context], str],
-) -> PreparedTurn:
+@dataclass(frozen=True, slots=True)
+class TurnRequest:
+    """A validated chat body (either shape), and who generates the reply."""
+
+    context_id: uuid.UUID | None
+    conversation_id: uuid.UUID | None
+    #: The new user message.
+    content: str
+    #: The history the client sent, ending with the new message; ``None``: the stored one.
+    client_history: list[ChatMessage] | None
+    provider: str
+    model: str
+    worker: str
+
+
+def turn_reservation_tokens(system: str, history: list[ChatMessage]) -> int:
+    """Tokens a turn reserves: the prompt the model will see, plus the longest reply."""
+    return model_prompt_tokens(system, history) + settings.AI_MAX_OUTPUT_TOKENS
+
+
+def turn_prepare(*, user: AbstractBaseUser, request: TurnRequest) -> PreparedTurn:
     """Check and start a turn in one transaction (docs/api.md#checks-before-the-stream).
 
     Ownership (404), a reply already streaming into the conversation (409
-    ``conversation_busy``), too many open streams (429 ``too_many_streams``) and quota (429
-    ``quota_exceeded``) are checked; then the user message is stored, the assistant message
-    is stored as ``streaming`` and quota is reserved, all or nothing. The quota row is
+    ``conversation_busy``), too many open streams (429 ``too_many_streams``, past
+    ``CHAT_MAX_CONCURRENT_STREAMS``) and quota (429 ``quota_exceeded``) are checked; then
+    the user message is stored, the assistant message is stored as ``streaming`` and quota
+    is reserved for the prompt the model will see (the context's system prompt, built here
+    once, and the last ``CHAT_HISTORY_LIMIT`` messages), all or nothing. The quota row is
     locked first, so one user's concurrent turns are serialized here. Nine to eleven
     statements, BEGIN and COMMIT included, in plain SQL (:mod:`chatproject.sql`: the ORM's
     query building cost more CPU than the statements themselves); with
     :func:`turn_finish`, most of a turn's fixed cost.
     """
+    content = request.content
+    history_limit = settings.CHAT_HISTORY_LIMIT
+    max_streams = settings.CHAT_MAX_CONCURRENT_STREAMS
     with transaction.atomic():
         quota = quota_lock(user=user)
         context, conversation, created = _resolve_conversation(
-            user=user, context_id=context_id, conversation_id=conversation_id, first_text=content
+            user=user,
+            context_id=request.context_id,
+            conversation_id=request.conversation_id,
+            first_text=content,
         )
         streaming = sql.select_values(
             Message, "conversation", {"user": user.pk, "status": Message.Status.STREAMING}
@@ -205,8 +221,8 @@ def turn_prepare(
                 headers={"Retry-After": "5"},
             )
         now = timezone.now()
-        if client_history is not None:
-            history = [ChatMessage(m["role"], m["content"]) for m in client_history]
+        if request.client_history is not None:
+            history = request.client_history
         else:  # the stored history, then the message being sent (it is the newest)
             earlier = history_for_model(conversation=conversation, limit=max(history_limit - 1, 0))
             history = [
@@ -225,15 +241,16 @@ def turn_prepare(
             conversation=conversation,
             role=Message.Role.ASSISTANT,
             status=Message.Status.STREAMING,
-            provider=provider,
-            model=model,
-            worker=worker,
+            provider=request.provider,
+            model=request.model,
+            worker=request.worker,
             created_at=now + timedelta(microseconds=1),
         )
         sql.insert([user_message, assistant_message])  # one INSERT
+        system = system_prompt_for(context_name=context.name, instructions=context.instructions)
         reservation = quota_reserve_locked(
             quota=quota,
-            tokens=reserve_tokens(history, system_prompt(context)),
+            tokens=turn_reservation_tokens(system, history),
             message_id=assistant_message.id,
             now=now,
         )
@@ -243,7 +260,7 @@ def turn_prepare(
             user_id=user.pk,
             context_id=context.id,
             context_name=context.name,
-            context_instructions=context.instructions,
+            system=system,
             conversation_id=conversation.id,
             user_message=user_message,
             assistant_message=assistant_message,

@@ -1,11 +1,12 @@
-"""Start-up recovery and the stale-reply sweeper (contract 3.3).
+"""The stale-reply sweeper's work, one round at a time (docs/api.md, "Resume").
 
 A generation touches its message at least every few seconds (its checkpoints are its
 heartbeat). A message still ``streaming`` with no heartbeat for ``CHAT_STALE_SECONDS``
 belongs to a process that died: it is marked ``interrupted``, keeping its text, and its
 quota reservation is released. Generations this process runs are never touched, nor are
 those of live processes (they keep beating). Each server process runs the sweeper from
-its first request on, so a restarted server cleans up after the one that died.
+its first request on (:mod:`.background`), so a restarted server cleans up after the one
+that died.
 
 The sweeper also releases any reservation still ``held`` long after every reply could
 have ended whose reply is not streaming (a turn that died between its writes, a reply
@@ -14,7 +15,6 @@ removed behind the API's back): the safety net that keeps a leak from lasting fo
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Iterable
@@ -25,13 +25,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from ai.quota.services import reservations_release_stale
-from chatproject.db import db_run
 from conversations.models import Message
-from conversations.streaming.generations import registry
 
 logger = logging.getLogger("conversations.recovery")
-
-_task: asyncio.Task[None] | None = None
 
 
 def messages_interrupt_stale(*, stale_after: timedelta, keep: Iterable[uuid.UUID] = ()) -> int:
@@ -83,22 +79,3 @@ def sweep(*, stale_after: timedelta, keep: Iterable[uuid.UUID] = ()) -> tuple[in
     if leaked:
         logger.warning("recovery.reservations_released", extra={"reservations": leaked})
     return interrupted, leaked
-
-
-async def _sweep_forever() -> None:
-    stale_after = timedelta(seconds=settings.CHAT_STALE_SECONDS)
-    interval = max(0.5, min(10.0, settings.CHAT_STALE_SECONDS / 3))
-    while True:
-        try:
-            keep = [generation.message_id for generation in registry.all()]
-            await db_run(sweep, stale_after=stale_after, keep=keep)
-        except Exception:
-            logger.warning("recovery.sweep_failed", exc_info=True)
-        await asyncio.sleep(interval)
-
-
-def ensure_sweeper() -> None:
-    """Start this process's sweeper once (called on the first request)."""
-    global _task
-    if _task is None or _task.done():
-        _task = asyncio.get_running_loop().create_task(_sweep_forever())

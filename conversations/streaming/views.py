@@ -1,9 +1,12 @@
-"""The streaming endpoints: start a turn, resume a reply, cancel a reply (contract 3).
+"""The streaming endpoints: start a turn, resume a reply, cancel a reply (docs/api.md,
+"Chat turn", "Resume", "Cancel").
 
-Plain async Django views (DRF's views are sync): they authenticate with DRF's own
-authenticators, validate with DRF serializers, and answer every problem before the first
-byte as JSON with ``detail`` and ``code``. Each view makes at most one thread hop for its
-database work before the stream starts.
+Plain async Django views (DRF's views are sync): they authenticate by the one path of
+every transport (:mod:`accounts.requests`), validate with DRF serializers, and answer
+every problem before the first byte as JSON with ``detail`` and ``code`` (the status of
+the code in :data:`chatproject.errors.CATALOG`). The events are encoded by
+:mod:`.transports.sse`. Each view makes at most one thread hop for its database work
+before the stream starts.
 """
 
 from __future__ import annotations
@@ -12,44 +15,54 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import DatabaseError
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from accounts.requests import request_user
 from ai.providers.base import Provider
 from chatproject import metrics
 from chatproject.db import db_run
-from chatproject.errors import DatabaseUnavailable, InvalidRequest, ServiceError
+from chatproject.errors import (
+    InvalidRequest,
+    PayloadTooLarge,
+    ServiceError,
+    database_error,
+    error_kind,
+)
 from conversations import selectors
 from conversations.models import Message
 from conversations.serializers import message_to_dict
-from conversations.services import PreparedTurn, message_request_cancel
-from conversations.streaming.generations import (
-    Generation,
-    follow,
-    followers,
-    parse_last_event_id,
-    registry,
-)
-from conversations.streaming.relay import request_remote_cancel
-from conversations.streaming.replay import follow_stored
-from conversations.streaming.turn import error_event_data, prepare_turn, start_generation
+from conversations.services import PreparedTurn
+from conversations.streaming.events import error_data, parse_last_event_id
+from conversations.streaming.live import Generation, TurnResult, iter_events
+from conversations.streaming.replies import reply_cancel, reply_follow
+from conversations.streaming.transports.sse import event_stream_response
+from conversations.streaming.turn import prepare_turn, start_generation
 
 logger = logging.getLogger("conversations.turn")
 
 T = TypeVar("T")
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 CANCEL_WAIT_SECONDS = 5.0
 
 
-def _error(detail: str, code: str, status: int, **headers: str) -> JsonResponse:
-    return ServiceError(detail, code=code, status_code=status, headers=headers).as_response()
+def _refuse(exc: ServiceError) -> JsonResponse:
+    """A problem before the stream, as its JSON answer (429s counted as refusals)."""
+    if exc.status_code == 429:
+        metrics.REFUSALS.labels(exc.code).inc()
+    return exc.as_response()
+
+
+def _method_not_allowed(allowed: str) -> JsonResponse:
+    return ServiceError(
+        f"Use {allowed}.", code="method_not_allowed", headers={"Allow": allowed}
+    ).as_response()
 
 
 def authenticate(request: HttpRequest) -> AbstractBaseUser:
@@ -61,13 +74,9 @@ def _parse_body(request: HttpRequest) -> dict[str, Any]:
     try:
         data = json.loads(request.body.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise ServiceError(
-            "The body is not valid UTF-8.", code="invalid_json", status_code=400
-        ) from exc
+        raise ServiceError("The body is not valid UTF-8.", code="invalid_json") from exc
     except (ValueError, RecursionError) as exc:
-        raise ServiceError(
-            "The body is not valid JSON.", code="invalid_json", status_code=400
-        ) from exc
+        raise ServiceError("The body is not valid JSON.", code="invalid_json") from exc
     if not isinstance(data, dict):
         raise InvalidRequest({"non_field_errors": ["Expected a JSON object."]})
     return data
@@ -79,13 +88,13 @@ def _prepare(request: HttpRequest) -> tuple[PreparedTurn, Provider]:
     return prepare_turn(user=user, payload=_parse_body(request))
 
 
-async def _db_or_503(func: Callable[..., T], *args: Any) -> T:
-    """``db_run``, with an unreachable database answered as 503 ``database_unavailable``."""
+async def _db(func: Callable[..., T], *args: Any) -> T:
+    """``db_run``, with a database failure as its :class:`ServiceError` (an unreachable
+    database: 503 ``database_unavailable``; see :func:`chatproject.errors.database_error`)."""
     try:
         return await db_run(func, *args)
     except DatabaseError as exc:
-        logger.error("database.unavailable", extra={"exc_type": type(exc).__name__})
-        raise DatabaseUnavailable() from exc
+        raise database_error(exc) from exc
 
 
 def wants_event_stream(request: HttpRequest) -> bool:
@@ -107,25 +116,15 @@ def wants_event_stream(request: HttpRequest) -> bool:
     return stream_range is not None and stream_range.quality >= json_range.quality
 
 
-def event_stream_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
-    """An unbuffered SSE response (contract 3.1 headers)."""
-    return StreamingHttpResponse(events, content_type="text/event-stream", headers=SSE_HEADERS)
-
-
 def _check_body_limits(request: HttpRequest) -> JsonResponse | None:
     try:
         length = int(request.headers.get("Content-Length") or 0)
     except ValueError:
         length = 0
     if length > settings.CHAT_MAX_BODY_BYTES:
-        return _error(
-            f"The body is larger than {settings.CHAT_MAX_BODY_BYTES} bytes.",
-            "payload_too_large",
-            413,
-        )
-    content_type = request.content_type or ""
-    if content_type != "application/json":
-        return _error("Send the body as application/json.", "unsupported_media_type", 415)
+        return PayloadTooLarge(settings.CHAT_MAX_BODY_BYTES).as_response()
+    if (request.content_type or "") != "application/json":
+        return ServiceError(code="unsupported_media_type").as_response()
     return None
 
 
@@ -133,121 +132,113 @@ def _check_body_limits(request: HttpRequest) -> JsonResponse | None:
 async def chat_stream(request: HttpRequest) -> HttpResponse:
     """POST /api/v1/conversations/stream: one chat turn, as SSE or as one JSON document."""
     if request.method != "POST":
-        return _error("Use POST.", "method_not_allowed", 405, Allow="POST")
+        return _method_not_allowed("POST")
     refused = _check_body_limits(request)
     if refused is not None:
         return refused
     try:
-        turn, provider = await _db_or_503(_prepare, request)
+        turn, provider = await _db(_prepare, request)
     except ServiceError as exc:
-        if exc.status_code == 429:
-            metrics.REFUSALS.labels(exc.code).inc()
-        return exc.as_response()
+        return _refuse(exc)
     generation = start_generation(turn, provider)
     if wants_event_stream(request):
-        return event_stream_response(follow(generation, primary=True))
+        return event_stream_response(iter_events(generation), on_disconnect=generation.client_gone)
     return await _json_reply(turn, generation)
 
 
+def turn_document(turn: PreparedTurn, result: TurnResult) -> dict[str, Any]:
+    """The reply of a finished turn as the JSON answer shows it (the stored message, as it
+    ended, with its usage)."""
+    outcome = result.outcome
+    usage = outcome.usage
+    return {
+        **message_to_dict(turn.assistant_message),
+        "content": outcome.content,
+        "status": outcome.status,
+        "finish_reason": outcome.finish_reason,
+        "usage": {
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "estimated": usage.estimated,
+        },
+    }
+
+
 async def _json_reply(turn: PreparedTurn, generation: Generation) -> JsonResponse:
-    """Wait for the whole turn and answer one JSON document (the client prefers JSON)."""
+    """Wait for the whole turn and answer one JSON document (the client prefers JSON).
+
+    A turn that failed answers the status of its code in the catalog, with the same
+    ``code``, ``message`` text and ``retryable`` as the stream's ``error`` event.
+    """
     try:
         await asyncio.shield(generation.ended.wait())
     except asyncio.CancelledError:
-        if settings.CHAT_CANCEL_ON_DISCONNECT:
-            generation.request_cancel()
+        generation.client_gone()
         raise
     result = generation.result
-    status = result.get("status")
-    if status in (Message.Status.COMPLETE, Message.Status.CANCELLED):
+    assert result is not None  # set before the generation ends
+    outcome = result.outcome
+    message = turn_document(turn, result)
+    if outcome.status in (Message.Status.COMPLETE, Message.Status.CANCELLED):
         return JsonResponse(
             {
                 "conversation_id": str(turn.conversation_id),
                 "user_message": message_to_dict(turn.user_message),
-                "message": result["message"],
-                "flows": result["flows"],
-                "quota": result["quota"],
+                "message": message,
+                "flows": result.flows,
+                "quota": result.quota,
             }
         )
-    error = error_event_data(result.get("error_code") or "internal_error")
-    status_code = 504 if error["code"] in ("ai_timeout", "stream_timeout") else 503
-    if error["code"] in ("ai_error", "internal_error"):
-        status_code = 502 if error["code"] == "ai_error" else 500
+    error = error_data(outcome.error_code or "internal_error", outcome.error_retryable)
     return JsonResponse(
         {
             "detail": error["message"],
             "code": error["code"],
             "retryable": error["retryable"],
             "conversation_id": str(turn.conversation_id),
-            "message": result.get("message"),
+            "message": message,
         },
-        status=status_code,
+        status=error_kind(error["code"]).status,
     )
 
 
-def _owned_message(request: HttpRequest, pk: str) -> tuple[AbstractBaseUser, Message]:
+def _owned_message(request: HttpRequest, pk: uuid.UUID) -> tuple[AbstractBaseUser, Message]:
     user = authenticate(request)
     return user, selectors.message_get(user=user, message_id=pk)
 
 
 @csrf_exempt
-async def message_stream(request: HttpRequest, pk: str) -> HttpResponse:
+async def message_stream(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
     """GET /api/v1/messages/{id}/stream: resume a reply after ``Last-Event-ID``."""
     if request.method != "GET":
-        return _error("Use GET.", "method_not_allowed", 405, Allow="GET")
-    try:
-        user, message = await _db_or_503(_owned_message, request, pk)
-    except ServiceError as exc:
-        return exc.as_response()
-    if message.role != Message.Role.ASSISTANT:
-        return _error("Only assistant replies can be streamed.", "not_a_reply", 400)
+        return _method_not_allowed("GET")
     last_event_id = parse_last_event_id(
         request.headers.get("Last-Event-ID") or request.GET.get("last_event_id")
     )
-    if not followers.acquire(user.pk):
-        metrics.REFUSALS.labels("too_many_streams").inc()
-        return _error(
-            f"At most {settings.CHAT_MAX_FOLLOWERS} resumed streams per user.",
-            "too_many_streams",
-            429,
-            **{"Retry-After": "5"},
+    try:
+        user, message = await _db(_owned_message, request, pk)
+        events = reply_follow(
+            user_pk=user.pk, message=message, last_event_id=last_event_id, transport="sse"
         )
-    generation = registry.get(message.id)
-    metrics.RESUMES.labels("live" if generation is not None else "stored").inc()
-    logger.info(
-        "turn.resume",
-        extra={
-            "message_id": str(message.id),
-            "last_event_id": last_event_id,
-            "live": generation is not None,
-        },
-    )
-    if generation is not None:
-        events = follow(generation, last_event_id=last_event_id)
-    else:
-        events = follow_stored(message, last_event_id=last_event_id)
-    return event_stream_response(followers.hold(user.pk, events))
+    except ServiceError as exc:
+        return _refuse(exc)
+    return event_stream_response(events)
 
 
 @csrf_exempt
-async def message_cancel(request: HttpRequest, pk: str) -> HttpResponse:
+async def message_cancel(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
     """POST /api/v1/messages/{id}/cancel: stop a reply; the partial text stays stored."""
     if request.method != "POST":
-        return _error("Use POST.", "method_not_allowed", 405, Allow="POST")
+        return _method_not_allowed("POST")
     try:
-        user, message = await _db_or_503(_owned_message, request, pk)
+        user, message = await _db(_owned_message, request, pk)
     except ServiceError as exc:
-        return exc.as_response()
-    generation = registry.get(message.id)
-    metrics.CANCELS.inc()
-    logger.info("turn.cancel", extra={"message_id": str(message.id), "local": bool(generation)})
+        return _refuse(exc)
+    generation = await reply_cancel(message=message, transport="sse")
     if generation is not None:
-        generation.request_cancel()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(generation.ended.wait()), CANCEL_WAIT_SECONDS)
     elif message.status == Message.Status.STREAMING:
-        await db_run(message_request_cancel, message_id=message.id)
-        await request_remote_cancel(message_id=message.id, worker=message.worker)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CANCEL_WAIT_SECONDS
         while loop.time() < deadline:

@@ -15,8 +15,8 @@ from ai.providers import get_provider
 from ai.providers.base import Usage
 from conversations.models import Message
 from conversations.services import PreparedTurn, ReplyOutcome
-from conversations.streaming import recovery
 from conversations.streaming import turn as turn_module
+from conversations.streaming.background import sweep_forever
 from conversations.streaming.recovery import reservation_max_age, sweep
 from conversations.streaming.turn import prepare_turn
 from tests import factories
@@ -82,7 +82,7 @@ async def test_the_running_sweeper_applies_the_safety_net(user, settings) -> Non
     settings.AI_TIMEOUT_SECONDS = 1
     leaked = await asyncio.to_thread(reserve, user, 5)
     await asyncio.to_thread(age, leaked.pk, timedelta(minutes=5))
-    recovery.ensure_sweeper()
+    task = asyncio.create_task(sweep_forever())
     try:
         for _ in range(50):
             status = (
@@ -94,8 +94,6 @@ async def test_the_running_sweeper_applies_the_safety_net(user, settings) -> Non
                 break
             await asyncio.sleep(0.1)
     finally:
-        task, recovery._task = recovery._task, None
-        assert task is not None
         task.cancel()
     assert status == "released"
 

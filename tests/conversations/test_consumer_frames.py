@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from accounts.ws import credentials_from_scope
-from conversations.consumers import encode_ws_event
+from conversations.streaming.transports.ws import encode_ws_event
 
 
 def test_subprotocol_pair_wins_and_names_the_scheme_to_accept():

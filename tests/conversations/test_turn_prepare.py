@@ -8,6 +8,8 @@ import pytest
 from django.utils import timezone
 
 from ai.models import Reservation
+from ai.prompts import model_prompt, system_prompt_for
+from ai.providers.base import estimate_messages_tokens
 from conversations.models import Conversation, Message
 from conversations.streaming.turn import prepare_turn
 from tests import factories
@@ -70,3 +72,28 @@ def test_a_context_alone_starts_a_conversation_titled_by_the_message(user):
     conversation = Conversation.objects.get(pk=turn.conversation_id)
     assert conversation.title == "Plan the week" and conversation.context_id == context.id
     assert [(m.role, m.content) for m in turn.history] == [("user", "Plan   the\nweek")]
+
+
+def test_the_reservation_is_for_the_prompt_the_model_sees(user, settings):
+    """A client's system message reaches the model relabelled, with the server's rule
+    added to the system prompt: the reservation counts that, not the history as sent."""
+    settings.AI_MAX_OUTPUT_TOKENS = 100
+    context = factories.make_context(user, instructions="Be brief.")
+    client_context = "The user is on a phone. " * 20
+    turn, _provider = prepare_turn(
+        user=user,
+        payload={
+            "context_id": str(context.id),
+            "messages": [
+                {"role": "system", "content": client_context},
+                {"role": "user", "content": "Plan my week"},
+            ],
+        },
+    )
+    assert turn.system == system_prompt_for(context_name=context.name, instructions="Be brief.")
+    model_system, model_history = model_prompt(turn.system, turn.history)
+    seen = estimate_messages_tokens(model_history, model_system)
+    as_sent = estimate_messages_tokens(turn.history, turn.system)
+    assert seen > as_sent
+    reservation = Reservation.objects.get(pk=turn.reservation_id)
+    assert reservation.tokens == seen + 100

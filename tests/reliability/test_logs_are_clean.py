@@ -17,7 +17,7 @@ import uuid
 import httpx
 import pytest
 
-from conversations.streaming.turn import ERROR_MESSAGES
+from chatproject.errors import CATALOG
 from tests import factories
 from tests.e2e.server import DaphneServer
 from tests.fakes.openai_server import FakeOpenAIServer, OpenAIScript, error_body, rate_limited
@@ -25,7 +25,15 @@ from tests.sse_client import stream
 
 pytestmark = pytest.mark.e2e
 
-SAFE_TEXTS = {text for text, _ in ERROR_MESSAGES.values()}
+#: The codes a stream's ``error`` event may carry (docs/api.md, "The SSE stream").
+STREAM_ERROR_CODES = {
+    "ai_rate_limited",
+    "ai_timeout",
+    "ai_unavailable",
+    "ai_error",
+    "stream_timeout",
+    "internal_error",
+}
 
 
 @pytest.fixture
@@ -113,7 +121,8 @@ def test_no_secret_reaches_the_logs_or_the_client(transactional_db, openai_fake,
         server.stop()
 
     for error in errors:
-        assert error["code"] in ERROR_MESSAGES and error["message"] in SAFE_TEXTS, error
+        assert error["code"] in STREAM_ERROR_CODES, error
+        assert error["message"] == CATALOG[error["code"]].message, error
         assert set(error) == {"type", "code", "message", "retryable"}, error
     rendered = repr(errors)
     for secret in (internal, api_key, "Incorrect API key", "Rate limit reached", reply_phrase):

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conversations.models import Message
-from conversations.streaming.sse import KEEPALIVE, encode_chunk, encode_event, retry_line
+from conversations.streaming.transports.sse import KEEPALIVE, encode_chunk, encode_event, retry_line
 from tests import factories
 
 TRICKY = [

@@ -1,21 +1,9 @@
-"""Running generations: their text in memory, and the followers that stream it.
+"""Replies this process generates: their text in memory, and the followers that read it.
 
 A :class:`Generation` is one assistant reply being produced. It runs to its end (or its
 cancel, or its timeout) whether or not anyone reads it; any number of followers read it
-through :func:`follow`, each from where it left off.
-
-Event ids let a client resume exactly (contract 3.3). They are integers that encode the
-position in the reply, so a replay that merges several missed chunks into one stays exact:
-
-- ``1`` ``metadata``, ``2`` ``typing`` start;
-- a ``chunk`` ending at character offset ``n`` of the reply has id ``2 + n``;
-- the trailing events (``typing`` stop, ``flows_extracted``, ``done`` or ``error``) of a
-  reply of length ``L`` have ids ``2 + L + 1``, ``2 + L + 2``, ... They are added one by
-  one after the text ends (``typing`` stop at once, the rest after extraction).
-
-A client that sends ``Last-Event-ID: k`` with ``3 <= k <= 2 + L`` has the first ``k - 2``
-characters and receives the rest as one chunk, then live chunks. Offsets count Python
-characters (code points); clients never compute them, they only echo the id.
+through :func:`iter_events`, each from where its client left off (the ids and the resume
+arithmetic are :mod:`.events`'). :data:`followers` caps the resumed streams per user.
 """
 
 from __future__ import annotations
@@ -29,17 +17,15 @@ import socket
 import uuid
 import weakref
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from django.conf import settings
 
-from conversations.streaming.sse import KEEPALIVE, encode_chunk, encode_event, retry_line
+from conversations.services import ReplyOutcome
+from conversations.streaming.events import KEEPALIVE_EVENT, Cursor, Event, Trailing
 
 logger = logging.getLogger(__name__)
-
-METADATA_ID = 1
-TYPING_START_ID = 2
-TEXT_BASE = 2
 
 #: This process, as stored on the messages it generates (also a channel-name-safe token).
 WORKER_ID = "{}.{}.{}".format(
@@ -47,13 +33,15 @@ WORKER_ID = "{}.{}.{}".format(
 )
 
 T = TypeVar("T")
-TrailingEvent = tuple[str, dict[str, Any]]
-#: ``(event id, event name, data)`` as :func:`iter_events` yields them.
-Event = tuple[int, str, Any]
 
-#: The event names :func:`iter_events` yields without a dict (compared with ``is``).
-CHUNK = "chunk"
-KEEP_ALIVE = "keep-alive"
+
+@dataclass(slots=True)
+class TurnResult:
+    """How a turn ended, for the JSON answer of a client that waited for all of it."""
+
+    outcome: ReplyOutcome
+    flows: list[dict[str, Any]]
+    quota: dict[str, Any]
 
 
 class Generation:
@@ -65,13 +53,13 @@ class Generation:
         self.metadata = metadata
         self.parts: list[str] = []
         self.length = 0
-        self.trailing: list[TrailingEvent] = []
+        self.trailing: list[Trailing] = []
         self.closed = False
         self.cancel_requested = False
         self.task: asyncio.Task[None] | None = None
         self.reader: asyncio.Task[Any] | None = None
         self.ended = asyncio.Event()
-        self.result: dict[str, Any] = {}
+        self.result: TurnResult | None = None
         self.keepalive_seq = 0
         self.first_token_at: float | None = None
         self._loop = asyncio.get_running_loop()
@@ -114,6 +102,12 @@ class Generation:
             self._keepalive_handle.cancel()
         self._notify()
         self.ended.set()
+
+    def client_gone(self) -> None:
+        """The client of the turn's own stream went away: the reply runs on (it can be
+        resumed), unless ``CHAT_CANCEL_ON_DISCONNECT`` says to stop it."""
+        if settings.CHAT_CANCEL_ON_DISCONNECT:
+            self.request_cancel()
 
     def request_cancel(self) -> None:
         """Stop the generation promptly; it ends with ``done`` / ``cancelled``."""
@@ -232,103 +226,43 @@ class FollowerLimit:
 followers = FollowerLimit()
 
 
-def parse_last_event_id(raw: str | None) -> int:
-    """The client's ``Last-Event-ID`` as an int (0 when missing or malformed)."""
-    if not raw:
-        return 0
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        return 0
-    return max(value, 0)
-
-
-def trailing_event_id(length: int, position: int) -> int:
-    """The id of the trailing event at ``position`` after a reply of ``length`` characters."""
-    return TEXT_BASE + length + 1 + position
-
-
-def preamble_events(metadata: dict[str, Any], last_event_id: int) -> list[Event]:
-    """``metadata`` and ``typing`` start as ``(id, event, data)``, unless the client has them."""
-    events: list[Event] = []
-    if last_event_id < METADATA_ID:
-        events.append((METADATA_ID, "metadata", metadata))
-    if last_event_id < TYPING_START_ID:
-        events.append((TYPING_START_ID, "typing", {"status": "start"}))
-    return events
-
-
-def preamble(metadata: dict[str, Any], last_event_id: int) -> list[bytes]:
-    """``metadata`` and ``typing`` start, SSE-encoded, unless the client has them."""
-    return [encode_event(*event) for event in preamble_events(metadata, last_event_id)]
-
-
 async def iter_events(generation: Generation, *, last_event_id: int = 0) -> AsyncIterator[Event]:
-    """A generation's events from after ``last_event_id``, as ``(id, event, data)``.
+    """A generation's events from after ``last_event_id``.
 
-    The event order and ids of every transport (SSE, WebSocket) come from here. ``data`` is
-    a dict, except for ``chunk`` (the text delta itself, a ``str``: no dict on the hot
-    path) and :data:`KEEP_ALIVE` (``None``, id ``0``: the generation was silent for
-    ``CHAT_KEEPALIVE_SECONDS``; a transport may drop it). Chunks that arrived while the
-    follower was busy come as one chunk. Ends when the generation is closed; cancelling the
-    caller stops only this follower (what a disconnect means is the transport's choice).
+    Chunks that arrived while the follower was busy come as one chunk;
+    :data:`~.events.KEEPALIVE_EVENT` when the generation was silent for
+    ``CHAT_KEEPALIVE_SECONDS``. Ends when the generation is closed; cancelling the caller
+    stops only this follower (what a disconnect means is the transport's choice).
     """
-    for event in preamble_events(generation.metadata, last_event_id):
+    cursor = Cursor(last_event_id)
+    for event in cursor.preamble(generation.metadata):
         yield event
-    offset = max(0, last_event_id - TEXT_BASE)
-    index = 0
-    if offset:
-        text = generation.text()
-        index = len(generation.parts)
-        if offset < len(text):
-            yield TEXT_BASE + len(text), CHUNK, text[offset:]
-        offset = len(text)
     parts = generation.parts
+    index = position = 0
+    if cursor.offset:  # a resume: what the client lacks of the text so far, as one chunk
+        text = generation.text()
+        index, position = len(parts), len(text)
+        if (event := cursor.text(0, text)) is not None:
+            yield event
     sent = 0
     while True:
         count = len(parts)
-        if index < count:
+        if index < count:  # the per-token path
             piece = parts[index] if count - index == 1 else "".join(parts[index:count])
             index = count
-            offset += len(piece)
-            yield TEXT_BASE + offset, CHUNK, piece
+            event = cursor.text(position, piece)
+            position += len(piece)
+            if event is not None:
+                yield event
             continue
         trailing = generation.trailing
-        while sent < len(trailing):
-            event_id = trailing_event_id(generation.length, sent)
-            if event_id > last_event_id:
-                yield event_id, *trailing[sent]
-            sent += 1
+        if sent < len(trailing):
+            for event in cursor.trailing(generation.length, trailing[sent:], sent):
+                yield event
+            sent = len(trailing)
         if generation.closed:
             return
         seen = generation.keepalive_seq
         await generation.changed()
         if generation.keepalive_seq != seen and len(parts) == index:
-            yield 0, KEEP_ALIVE, None
-
-
-async def follow(
-    generation: Generation, *, last_event_id: int = 0, primary: bool = False
-) -> AsyncIterator[bytes]:
-    """Stream a generation's events to one SSE client, from after ``last_event_id``.
-
-    The SSE encoding of :func:`iter_events`. A client that disconnects stops only its own
-    stream, unless ``CHAT_CANCEL_ON_DISCONNECT`` is set and this is the turn's own
-    response (``primary``).
-    """
-    try:
-        yield retry_line(settings.CHAT_SSE_RETRY_MS)
-        async with contextlib.aclosing(
-            iter_events(generation, last_event_id=last_event_id)
-        ) as events:
-            async for event_id, event, data in events:
-                if event is CHUNK:
-                    yield encode_chunk(event_id, data)
-                elif event is KEEP_ALIVE:
-                    yield KEEPALIVE
-                else:
-                    yield encode_event(event_id, event, data)
-    except (asyncio.CancelledError, GeneratorExit):
-        if primary and settings.CHAT_CANCEL_ON_DISCONNECT:
-            generation.request_cancel()
-        raise
+            yield KEEPALIVE_EVENT

@@ -1,9 +1,9 @@
 """Following a reply from the database: a finished reply, or one that another process runs.
 
 The stored text is always a prefix of the reply (checkpoints save the text so far), so
-the event ids of :mod:`conversations.streaming.generations` hold here too: a finished
-reply replays exactly what the client missed; one still streaming elsewhere is followed by
-polling its checkpoints until it ends.
+the event ids of :mod:`.events` hold here too: a finished reply replays exactly what the
+client missed; one still streaming elsewhere is followed live through the channel layer
+(:mod:`.remote`) when processes share one, else by polling its checkpoints until it ends.
 """
 
 from __future__ import annotations
@@ -16,17 +16,21 @@ from typing import Any
 from django.conf import settings
 
 from ai.providers.base import Usage
+from ai.quota.selectors import quota_snapshot
 from chatproject.db import db_run
 from conversations.models import Message
-from conversations.streaming.generations import (
-    KEEPALIVE,
-    TEXT_BASE,
-    WORKER_ID,
-    preamble,
-    trailing_event_id,
+from conversations.streaming.events import (
+    KEEPALIVE_EVENT,
+    TYPING_STOP,
+    Cursor,
+    Event,
+    Trailing,
+    trailing_events,
 )
-from conversations.streaming.relay import Progress, RelayLost, follow_remote, relay_enabled
-from conversations.streaming.sse import encode_chunk, encode_event, retry_line
+from conversations.streaming.live import WORKER_ID
+from conversations.streaming.remote import RelayLost, follow_remote, relay_enabled
+from flows.selectors import flows_of_message
+from flows.serializers import flow_to_dict
 
 POLL_SECONDS = 0.25
 logger = logging.getLogger("conversations.relay")
@@ -38,8 +42,6 @@ def _runs_elsewhere(message: Message) -> bool:
 
 def stored_metadata(message: Message) -> dict[str, Any]:
     """The ``metadata`` event of a stored reply."""
-    from ai.quota.selectors import quota_snapshot
-
     conversation = message.conversation
     user_message = (
         Message.objects.filter(
@@ -60,29 +62,25 @@ def stored_metadata(message: Message) -> dict[str, Any]:
     }
 
 
-def stored_trailing(message: Message) -> list[tuple[str, dict[str, Any]]]:
+def stored_trailing(message: Message) -> list[Trailing]:
     """The trailing events of a finished reply, as its generation sent them."""
-    from ai.quota.selectors import quota_snapshot
-    from conversations.streaming.turn import trailing_events
-    from flows.selectors import flows_of_message
-    from flows.serializers import flow_to_dict
-
     if message.status == Message.Status.COMPLETE:
         flows = [flow_to_dict(flow) for flow in flows_of_message(message_id=message.id)]
     else:
         flows = []
-    events: list[tuple[str, dict[str, Any]]] = [("typing", {"status": "stop"})]
-    events += trailing_events(
-        message_id=str(message.id),
-        status=message.status,
-        finish_reason=message.finish_reason,
-        usage=Usage(message.input_tokens, message.output_tokens, message.usage_estimated),
-        error_code=message.error_code or "internal_error",
-        error_retryable=message.error_retryable or not message.error_code,
-        flows=flows,
-        quota=quota_snapshot(user=message.user),
-    )
-    return events
+    return [
+        TYPING_STOP,
+        *trailing_events(
+            message_id=str(message.id),
+            status=message.status,
+            finish_reason=message.finish_reason,
+            usage=Usage(message.input_tokens, message.output_tokens, message.usage_estimated),
+            error_code=message.error_code or "internal_error",
+            error_retryable=message.error_retryable or not message.error_code,
+            flows=flows,
+            quota=quota_snapshot(user=message.user),
+        ),
+    ]
 
 
 def _load(message_id: Any, with_metadata: bool) -> tuple[Message, dict | None, list | None]:
@@ -92,46 +90,39 @@ def _load(message_id: Any, with_metadata: bool) -> tuple[Message, dict | None, l
     return message, metadata, trailing
 
 
-async def follow_stored(message: Message, *, last_event_id: int) -> AsyncIterator[bytes]:
-    """Stream a stored reply from after ``last_event_id``; poll while it is streaming."""
-    yield retry_line(settings.CHAT_SSE_RETRY_MS)
+async def follow_stored(message: Message, *, last_event_id: int) -> AsyncIterator[Event]:
+    """A stored reply's events from after ``last_event_id``; followed while it streams."""
+    cursor = Cursor(last_event_id)
     message, metadata, trailing = await db_run(_load, message.id, last_event_id < 1)
-    for event in preamble(metadata or {}, last_event_id):
+    for event in cursor.preamble(metadata or {}):
         yield event
-    offset = max(0, last_event_id - TEXT_BASE)
     loop = asyncio.get_running_loop()
     last_sent = loop.time()
     relayed = False
     while True:
         content = message.content
-        if offset < len(content):
-            yield encode_chunk(TEXT_BASE + len(content), content[offset:])
-            offset = len(content)
+        if (event := cursor.text(0, content)) is not None:
+            yield event
             last_sent = loop.time()
         if trailing is None and not relayed and _runs_elsewhere(message):
             relayed = True  # live from the owner; the database again if it goes quiet
-            progress = Progress(offset, last_event_id)
             try:
                 async for event in follow_remote(
-                    message_id=message.id, worker=message.worker, progress=progress
+                    message_id=message.id, worker=message.worker, cursor=cursor
                 ):
                     yield event
                 return
             except RelayLost:
-                offset, last_event_id = progress.offset, progress.last_event_id
                 logger.info("relay.lost", extra={"message_id": str(message.id)})
         if trailing is not None:
-            seen = last_event_id
-            if message.status == Message.Status.INTERRUPTED and offset > len(content):
-                seen = TEXT_BASE + len(content)  # the client saw text the crash did not save
-            for position, (name, data) in enumerate(trailing):
-                event_id = trailing_event_id(len(content), position)
-                if event_id > seen:
-                    yield encode_event(event_id, name, data)
+            if message.status == Message.Status.INTERRUPTED:
+                cursor.text_lost(len(content))
+            for event in cursor.trailing(len(content), trailing):
+                yield event
             return
         await asyncio.sleep(POLL_SECONDS)
         if loop.time() - last_sent >= settings.CHAT_KEEPALIVE_SECONDS:
-            yield KEEPALIVE
+            yield KEEPALIVE_EVENT
             last_sent = loop.time()
         try:
             message, _, trailing = await db_run(_load, message.id, False)

@@ -10,6 +10,8 @@ nothing for replies that nobody follows remotely.
 
 When the owner goes quiet (it died, or Redis is down), the follower falls back to the
 database: the stored text is a prefix of the reply, and the final state is authoritative.
+Both sides speak :class:`~.events.Event` objects through the one :class:`~.events.Cursor`;
+the owner's listener is started with the process's background work (:mod:`.background`).
 """
 
 from __future__ import annotations
@@ -19,27 +21,18 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from conversations.streaming.generations import (
-    KEEPALIVE,
-    TEXT_BASE,
-    WORKER_ID,
-    Generation,
-    registry,
-    trailing_event_id,
-)
-from conversations.streaming.sse import encode_chunk, encode_event
+from conversations.streaming.events import KEEPALIVE_EVENT, Cursor, Event
+from conversations.streaming.live import WORKER_ID, Generation, registry
 
 logger = logging.getLogger("conversations.relay")
 
 PUBLISH_INTERVAL = 0.02
 FOLLOW_RENEW_SECONDS = 10.0
-_listener: asyncio.Task[None] | None = None
 
 
 def relay_enabled() -> bool:
@@ -58,9 +51,11 @@ def worker_channel(worker_id: str) -> str:
 # --- the owner's side ---------------------------------------------------------------------
 
 
-async def _listen() -> None:
+async def listen(worker: str = WORKER_ID) -> None:
+    """Answer other processes' ``follow`` and ``cancel`` requests for the replies this
+    process runs, forever, on ``worker``'s channel (this process's: :data:`~.live.WORKER_ID`)."""
     layer = get_channel_layer()
-    channel = worker_channel(WORKER_ID)
+    channel = worker_channel(worker)
     while True:
         try:
             message = await layer.receive(channel)
@@ -80,13 +75,6 @@ async def _listen() -> None:
             start_relay(generation, snapshot=bool(message.get("snapshot")))
         elif message.get("type") == "cancel":
             generation.request_cancel()
-
-
-def ensure_listener() -> None:
-    """Listen on this process's worker channel (once), when a shared layer exists."""
-    global _listener
-    if relay_enabled() and (_listener is None or _listener.done()):
-        _listener = asyncio.get_running_loop().create_task(_listen())
 
 
 def start_relay(generation: Generation, *, snapshot: bool) -> None:
@@ -140,23 +128,14 @@ class RelayLost(Exception):
     """The owner stopped answering; continue from the database."""
 
 
-@dataclass
-class Progress:
-    """How far a follower got: characters of text, and the last event id it sent."""
-
-    offset: int
-    last_event_id: int
-
-
 async def follow_remote(
-    *, message_id: uuid.UUID, worker: str, progress: Progress
-) -> AsyncIterator[bytes]:
-    """Chunks and trailing events of a reply another process runs, after ``progress``.
+    *, message_id: uuid.UUID, worker: str, cursor: Cursor
+) -> AsyncIterator[Event]:
+    """The events of a reply another process runs that the client of ``cursor`` lacks.
 
     Raises :class:`RelayLost` when nothing arrives for ``CHAT_STALE_SECONDS`` or the layer
-    fails; ``progress`` then says where the caller continues from the database.
+    fails; ``cursor`` then says where the caller continues from the database.
     """
-    offset = progress.offset
     layer = get_channel_layer()
     channel = await layer.new_channel()
     group = group_name(message_id)
@@ -178,7 +157,7 @@ async def follow_remote(
             except TimeoutError:
                 if loop.time() - last_heard > settings.CHAT_STALE_SECONDS:
                     raise RelayLost from None
-                yield KEEPALIVE
+                yield KEEPALIVE_EVENT
                 continue
             except Exception as exc:
                 raise RelayLost from exc
@@ -187,27 +166,19 @@ async def follow_remote(
                 last_renewed = now
                 with contextlib.suppress(Exception):
                     await layer.send(worker_channel(worker), request)
-            start, text = update["start"], update["text"]
-            end = start + len(text)
-            if start > offset:  # we missed a piece: ask for the whole text again
+            if update["start"] > cursor.offset:  # we missed a piece: ask for all the text again
                 with contextlib.suppress(Exception):
                     await layer.send(worker_channel(worker), {**request, "snapshot": True})
                 continue
-            if end > offset:
-                piece = text[offset - start :]
-                offset = progress.offset = end
-                yield encode_chunk(TEXT_BASE + offset, piece)
+            if (event := cursor.text(update["start"], update["text"])) is not None:
+                yield event
             trailing_from = update["trailing_from"]
             if trailing_from > trailing_seen:
                 continue  # a later snapshot resends them in order
-            for position, (name, data) in enumerate(update["trailing"], start=trailing_from):
-                if position < trailing_seen:
-                    continue
-                trailing_seen = position + 1
-                event_id = trailing_event_id(update["length"], position)
-                if event_id > progress.last_event_id:
-                    progress.last_event_id = event_id
-                    yield encode_event(event_id, name, data)
+            fresh = update["trailing"][trailing_seen - trailing_from :]
+            for event in cursor.trailing(update["length"], fresh, trailing_seen):
+                yield event
+            trailing_seen = max(trailing_seen, trailing_from + len(update["trailing"]))
             if update["closed"]:
                 return
     finally:

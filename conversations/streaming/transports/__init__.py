@@ -1,0 +1,1 @@
+"""How a reply's events travel: SSE (:mod:`.sse`) and WebSocket (:mod:`.ws`) encodings."""
