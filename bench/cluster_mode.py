@@ -9,7 +9,7 @@ off):
 
 - ``1 daphne``: one ``daphne chatproject.asgi:application`` process, loaded directly;
 - ``2 daphne + nginx``: scripts/cluster.py's :class:`Cluster` (two daphne processes with
-  the same command line, behind a private nginx running deploy/nginx.conf's chat sections,
+  the same command line, behind a private nginx running deploy/chat/'s production locations,
   one nginx worker per core like production's ``worker_processes auto``), loaded
   through nginx.
 
@@ -34,37 +34,41 @@ the runner waits until the upstream has no stream open.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import platform
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 
-from bench.load import StreamResult, Target, percentile, run_load
-from bench.run import (
-    CLIENT,
+from bench.common import (
     LONG,
     PACE_MS,
-    PY,
     RESULTS,
     ROOT,
     SHORT,
+    STREAM_PATH,
     Server,
-    _fmt,
+    clean_env,
+    configure_upstream,
+    cpu_seconds,
+    error_text,
+    flush_redis,
+    fmt,
     free_port,
+    machine,
+    now_iso,
     product_env,
     setup_product,
+    start_upstream,
+    upstream_base_url,
 )
-from scripts.cluster import Cluster, ensure_postgres_database
-from scripts.cluster import daphne_command as cluster_daphne_command
+from bench.load import StreamResult, Target, percentile, run_load
+from scripts.cluster import Cluster, daphne_command, ensure_postgres_database
 
 DATABASE_URL = "postgres://postgres@127.0.0.1:5432/bench_cluster"
 REDIS_URL = "redis://127.0.0.1:6379/6"
@@ -73,7 +77,6 @@ WINDOW_S = 10.0  # the steady-state measurement window: this or one turn, the lo
 SETTLE_S = 1.0  # between the end of the ramp and the window
 DRAIN_MAX_S = 30.0  # turns still running this long after the window are cut
 BUDGET_S = 285.0  # a phase that could end after this is skipped (whole run < 5 min)
-STREAM_PATH = "/api/v1/conversations/stream"
 ONE, TWO = "1 daphne", "2 daphne + nginx"
 
 
@@ -85,14 +88,6 @@ class Deployment:
     base_url: str
     daphnes: list[psutil.Process]
     nginx: list[psutil.Process] = field(default_factory=list)
-
-
-def cpu_of(process: psutil.Process) -> float:
-    try:
-        times = process.cpu_times()
-    except psutil.Error:
-        return 0.0
-    return times.user + times.system
 
 
 def service_cpu() -> dict[tuple[int, float], float]:
@@ -114,18 +109,6 @@ def service_delta(before: dict[tuple[int, float], float], after: dict[Any, float
     """CPU used between two :func:`service_cpu` snapshots: processes alive at both, plus
     those started in between (all their CPU); a backend that ended in between is lost."""
     return sum(cpu - before.get(key, 0.0) for key, cpu in after.items())
-
-
-def daphne_command(port: int, access_log: Path) -> list[str]:
-    """The command line scripts/cluster.py gives its daphne processes (the venv's python)."""
-    return cluster_daphne_command(port, access_log, python=PY)
-
-
-def flush_redis() -> None:
-    with contextlib.suppress(Exception):
-        import redis
-
-        redis.Redis.from_url(REDIS_URL).flushdb()
 
 
 # --- one phase ----------------------------------------------------------------------------
@@ -169,16 +152,17 @@ async def measure(
     plan: Plan,
     upstream: Server,
     me: psutil.Process,
+    client: str,
 ) -> dict[str, Any]:
     """Load one deployment at one concurrency; steady-window throughput, latency, CPU."""
     snaps: dict[str, dict[str, Any]] = {}
 
     def on_mark(label: str) -> None:
         snaps[label] = {
-            "daphnes": [cpu_of(p) for p in deployment.daphnes],
-            "nginx": sum(cpu_of(p) for p in deployment.nginx),
+            "daphnes": [cpu_seconds(p) for p in deployment.daphnes],
+            "nginx": sum(cpu_seconds(p) for p in deployment.nginx),
             "upstream": upstream.cpu(),
-            "loadgen": cpu_of(me),
+            "loadgen": cpu_seconds(me),
             "services": service_cpu(),
             "host": psutil.cpu_times(),
         }
@@ -191,7 +175,7 @@ async def measure(
         expected_tokens=LONG,
         ramp=plan.ramp,
         timeout=plan.timeout,
-        client=CLIENT["kind"],
+        client=client,
         duration=plan.window[1],
         window=plan.window,
         marks=marks,
@@ -279,9 +263,7 @@ def summarize_phase(
 
 
 def _errors(r: dict[str, Any]) -> str:
-    text = str(r["errors"])
-    if r["error_kinds"]:
-        text += " (" + ", ".join(f"{k}: {v}" for k, v in r["error_kinds"].items()) + ")"
+    text = error_text(r)
     if r["cut"]:
         text += f" + {r['cut']} cut"
     return text
@@ -300,9 +282,9 @@ def main_table(rows: list[dict[str, Any]]) -> str:
         share = r["tokens_per_s"] / r["ideal_tokens_per_s"] * 100
         lines.append(
             f"| {r['setup']} | {r['C']} | {r['tokens_per_s']:,} ({share:.0f}%) "
-            f"| {_fmt(r['turns_per_s'])} | {_fmt(r['ttfc_p50'])} / {_fmt(r['ttfc_p99'])} "
-            f"| {_fmt(r['gap_p99'])} | {_errors(r)} | {r['daphne_cores']:.2f} "
-            f"| {_fmt(r['daphne_ms_per_1k_tokens'])} | {_fmt(r['nginx_cores'], 2)} |"
+            f"| {fmt(r['turns_per_s'])} | {fmt(r['ttfc_p50'])} / {fmt(r['ttfc_p99'])} "
+            f"| {fmt(r['gap_p99'])} | {_errors(r)} | {r['daphne_cores']:.2f} "
+            f"| {fmt(r['daphne_ms_per_1k_tokens'])} | {fmt(r['nginx_cores'], 2)} |"
         )
     return "\n".join(lines)
 
@@ -322,10 +304,10 @@ def ratio_lines(rows: list[dict[str, Any]]) -> list[str]:
         out.append(
             f"- C={c}: tokens / s {one['tokens_per_s']:,} -> {two['tokens_per_s']:,} "
             f"({x('tokens_per_s')}), turns / s {x('turns_per_s')}, TTFC p50 "
-            f"{_fmt(one['ttfc_p50'])} -> {_fmt(two['ttfc_p50'])} ms, gap p99 "
-            f"{_fmt(one['gap_p99'])} -> {_fmt(two['gap_p99'])} ms; CPU: daphne "
+            f"{fmt(one['ttfc_p50'])} -> {fmt(two['ttfc_p50'])} ms, gap p99 "
+            f"{fmt(one['gap_p99'])} -> {fmt(two['gap_p99'])} ms; CPU: daphne "
             f"{one['daphne_cores']:.2f} -> {two['daphne_cores']:.2f} cores, + nginx "
-            f"{_fmt(two['nginx_cores'], 2)}"
+            f"{fmt(two['nginx_cores'], 2)}"
         )
     return out
 
@@ -351,16 +333,11 @@ def harness_table(rows: list[dict[str, Any]]) -> str:
 
 
 def report(rows: list[dict[str, Any]], elapsed: float, nginx_workers: int) -> str:
-    date = datetime.now(UTC).isoformat(timespec="seconds")
-    machine = (
-        f"{platform.machine()}, {psutil.cpu_count()} cores, "
-        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}"
-    )
     return "\n".join(
         [
             "# Cluster benchmark: one daphne process vs two behind nginx",
             "",
-            f"{date}, {machine}; PostgreSQL `bench_cluster`, Redis db 6 (both "
+            f"{now_iso()}, {machine()}; PostgreSQL `bench_cluster`, Redis db 6 (both "
             f"deployments); nginx with {nginx_workers} worker(s); upstream T={LONG} tokens "
             f"at {PACE_MS:g} ms, one token per chunk (ideal: {1000 / PACE_MS:g} tokens / s "
             "per open stream). Each phase: C workers run turns back to back, first starts "
@@ -393,14 +370,18 @@ def report(rows: list[dict[str, Any]], elapsed: float, nginx_workers: int) -> st
 
 
 async def run_phases(
-    deployments: list[Deployment], targets: dict[str, Target], upstream: Server, started: float
+    deployments: list[Deployment],
+    targets: dict[str, Target],
+    upstream: Server,
+    started: float,
+    client: str,
 ) -> list[dict[str, Any]]:
     me = psutil.Process()
     rows: list[dict[str, Any]] = []
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient() as http:
         # Warm-up (not measured): imports, URL resolvers, database and Redis connections of
         # every daphne process (nginx spreads the warm-up turns round-robin).
-        await client.post(upstream.url("/_bench/config"), json={"tokens": SHORT, "pace_ms": 1})
+        await configure_upstream(http, upstream, tokens=SHORT, pace_ms=1)
         for deployment in deployments:
             await run_load(
                 targets[deployment.name],
@@ -408,9 +389,9 @@ async def run_phases(
                 turns=3,
                 expected_tokens=SHORT,
                 timeout=30,
-                client=CLIENT["kind"],
+                client=client,
             )
-        await client.post(upstream.url("/_bench/config"), json={"tokens": LONG, "pace_ms": PACE_MS})
+        await configure_upstream(http, upstream, tokens=LONG)
         capacity: dict[str, float] = {}
         for concurrency in CONCURRENCIES:
             for deployment in deployments:
@@ -418,8 +399,10 @@ async def run_phases(
                 if time.monotonic() - started + plan.timeout + 25 > BUDGET_S:
                     print(f"skipped {deployment.name} C={concurrency}: time budget", flush=True)
                     continue
-                await settle(client, upstream)
-                row = await measure(deployment, targets[deployment.name], plan, upstream, me)
+                await settle(http, upstream)
+                row = await measure(
+                    deployment, targets[deployment.name], plan, upstream, me, client
+                )
                 rows.append(row)
                 # A phase below 90% of ideal was saturated: its throughput is a capacity.
                 if (
@@ -441,32 +424,24 @@ async def run_phases(
 
 
 def run_cluster(*, client: str = "raw", keep: bool = False) -> None:
+    """The cluster benchmark (``python bench/run.py --cluster``): writes the report."""
     started = time.monotonic()
-    CLIENT["kind"] = client  # bench.run's, as imported here (run.py itself runs as __main__)
     # The cluster's daphnes inherit this process's environment: no DJANGO_* from the shell.
-    for key in [k for k in os.environ if k.startswith("DJANGO_")]:
-        del os.environ[key]
-    os.environ.pop("DATABASE_URL", None)
-    base_env = dict(os.environ)
+    base_env = clean_env()
+    os.environ.clear()
+    os.environ.update(base_env)
     tmp = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     nginx_workers = psutil.cpu_count() or 1
     upstream: Server | None = None
     single: Server | None = None
     cluster: Cluster | None = None
     try:
-        up_port = free_port()
-        upstream = Server(
-            "upstream",
-            [PY, "bench/upstream.py", "--port", str(up_port), "--pace-ms", str(PACE_MS)],
-            base_env,
-            up_port,
-        ).start(tmp)
+        upstream = start_upstream(tmp, base_env)
         if ensure_postgres_database(DATABASE_URL):
             print("created database bench_cluster", flush=True)
-        env = product_env(base_env, f"http://127.0.0.1:{up_port}/v1", DATABASE_URL, redis=False)
-        env["REDIS_URL"] = REDIS_URL
+        env = product_env(base_env, upstream_base_url(upstream), DATABASE_URL, REDIS_URL)
         key, context_id = setup_product(env)
-        flush_redis()
+        flush_redis(REDIS_URL)
         port = free_port()
         single = Server("daphne-1", daphne_command(port, tmp / "daphne-1.access.log"), env, port)
         single.start(tmp)
@@ -483,7 +458,7 @@ def run_cluster(*, client: str = "raw", keep: bool = False) -> None:
         assert cluster.nginx_process is not None
         master = psutil.Process(cluster.nginx_process.pid)
         deployments = [
-            Deployment(ONE, f"http://127.0.0.1:{port}", [single.ps]),
+            Deployment(ONE, single.base_url, [single.ps]),
             Deployment(
                 TWO,
                 cluster.url,
@@ -492,7 +467,7 @@ def run_cluster(*, client: str = "raw", keep: bool = False) -> None:
             ),
         ]
         print(
-            f"[{time.monotonic() - started:5.1f}s] up: upstream :{up_port}; {ONE} :{port} "
+            f"[{time.monotonic() - started:5.1f}s] up: upstream :{upstream.port}; {ONE} :{port} "
             f"pid {single.process.pid}; {TWO} {cluster.url} daphne pids "
             f"{[d.pid for d in cluster.daphnes]}, nginx pids "
             f"{[p.pid for p in deployments[1].nginx]}",
@@ -502,7 +477,7 @@ def run_cluster(*, client: str = "raw", keep: bool = False) -> None:
             d.name: Target.product(d.name, d.base_url + STREAM_PATH, key, context_id)
             for d in deployments
         }
-        rows = asyncio.run(run_phases(deployments, targets, upstream, started))
+        rows = asyncio.run(run_phases(deployments, targets, upstream, started, client))
     finally:
         if cluster is not None:
             cluster.stop()

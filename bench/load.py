@@ -49,6 +49,10 @@ USER_TEXT = (
 )
 
 
+#: Every target gets a JSON body and asks for an event stream.
+SSE_JSON_HEADERS = {"Accept": "text/event-stream", "Content-Type": "application/json"}
+
+
 @dataclass
 class Target:
     name: str
@@ -60,28 +64,13 @@ class Target:
     @classmethod
     def product(cls, name: str, url: str, token: str, context_id: str) -> Target:
         body = {"context_id": context_id, "messages": [{"role": "user", "content": USER_TEXT}]}
-        return cls(
-            name,
-            "product",
-            url,
-            {
-                "Authorization": f"Token {token}",
-                "Accept": "text/event-stream",
-                "Content-Type": "application/json",
-            },
-            json.dumps(body).encode(),
-        )
+        headers = {"Authorization": f"Token {token}", **SSE_JSON_HEADERS}
+        return cls(name, "product", url, headers, json.dumps(body).encode())
 
     @classmethod
     def relay(cls, name: str, url: str) -> Target:
         body = {"messages": [{"role": "user", "content": USER_TEXT}]}
-        return cls(
-            name,
-            "relay",
-            url,
-            {"Accept": "text/event-stream", "Content-Type": "application/json"},
-            json.dumps(body).encode(),
-        )
+        return cls(name, "relay", url, dict(SSE_JSON_HEADERS), json.dumps(body).encode())
 
     @classmethod
     def upstream(cls, name: str, url: str) -> Target:
@@ -91,13 +80,7 @@ class Target:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        return cls(
-            name,
-            "upstream",
-            url,
-            {"Accept": "text/event-stream", "Content-Type": "application/json"},
-            json.dumps(body).encode(),
-        )
+        return cls(name, "upstream", url, dict(SSE_JSON_HEADERS), json.dumps(body).encode())
 
 
 @dataclass

@@ -14,32 +14,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[0] = str(ROOT)  # the checkout, not bench/ (whose profile.py shadows the stdlib's)
 
-from bench.load import Target, run_load  # noqa: E402
-from bench.run import (  # noqa: E402
+from bench.common import (  # noqa: E402
+    LONG,
     PY,
     RESULTS,
+    SHORT,
     Server,
-    daphne_cmd,
-    free_port,
-    prepare_database,
-    product_env,
-    setup_product,
+    load_for,
+    start_upstream_and_product,
+    stop_all,
 )
+from bench.load import Target  # noqa: E402
 
 SITE = re.compile(r"^.*site-packages/")
 
@@ -111,22 +109,6 @@ def record(pid: int, seconds: float, out: Path, fmt: str) -> subprocess.Popen[by
     )
 
 
-async def load_for(target: Target, seconds: float, concurrency: int, tokens: int) -> int:
-    deadline = time.monotonic() + seconds
-    turns = 0
-    while time.monotonic() < deadline:
-        results, _ = await run_load(
-            target,
-            concurrency=concurrency,
-            turns=1,
-            expected_tokens=tokens,
-            ramp=0.2,
-            timeout=30,
-        )
-        turns += len(results)
-    return turns
-
-
 def scenario(
     name: str,
     server: Server,
@@ -169,30 +151,6 @@ def scenario(
     return "\n".join(lines)
 
 
-def start_product(
-    tmp: Path, servers: list[Server], *, extraction: bool
-) -> tuple[Server, Server, Target]:
-    """Start the fake upstream and the product on it (fresh SQLite, bench settings), as
-    ``bench/run.py`` does; both are appended to ``servers``, for the caller to stop.
-    Returns the upstream, the product and the load generator's target."""
-    port = free_port()
-    upstream = Server("upstream", [PY, "bench/upstream.py", "--port", str(port)], {}, port)
-    servers.append(upstream.start(tmp))
-    env = product_env(
-        {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")},
-        f"http://127.0.0.1:{port}/v1",
-        prepare_database(tmp, postgres=False),
-        redis=False,
-    )
-    env["FLOWS_EXTRACTION_ENABLED"] = "true" if extraction else "false"
-    key, context_id = setup_product(env)
-    pport = free_port()
-    product = Server("product", daphne_cmd(pport, "chatproject.asgi:application"), env, pport)
-    servers.append(product.start(tmp))
-    target = Target.product("product", product.url("/api/v1/conversations/stream"), key, context_id)
-    return upstream, product, target
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0)
@@ -221,33 +179,28 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-profile-"))
     servers: list[Server] = []
     try:
-        upstream, product, target = start_product(tmp, servers, extraction=not args.no_extraction)
+        upstream, product, target = start_upstream_and_product(
+            tmp, servers, extraction=not args.no_extraction
+        )
         RESULTS.mkdir(parents=True, exist_ok=True)
         reports = [
             scenario(
-                "chunks",
+                name,
                 product,
                 upstream,
                 target,
-                tokens=200,
-                concurrency=args.concurrency,
+                tokens=tokens,
+                concurrency=concurrency,
                 seconds=args.seconds,
                 top=args.top,
-            ),
-            scenario(
-                "turns",
-                product,
-                upstream,
-                target,
-                tokens=5,
-                concurrency=args.short_concurrency,
-                seconds=args.seconds,
-                top=args.top,
-            ),
+            )
+            for name, tokens, concurrency in (
+                ("chunks", LONG, args.concurrency),
+                ("turns", SHORT, args.short_concurrency),
+            )
         ]
     finally:
-        for server in reversed(servers):
-            server.stop()
+        stop_all(servers)
         shutil.rmtree(tmp, ignore_errors=True)
     text = "# py-spy profile of the product under load\n\n" + "\n\n".join(reports) + "\n"
     (RESULTS / "profile.md").write_text(text)

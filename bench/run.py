@@ -31,16 +31,11 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
-import secrets
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,105 +43,41 @@ import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[0] = str(ROOT)  # the checkout, not bench/ (whose profile.py shadows the stdlib's)
 
+from bench.cluster_mode import run_cluster  # noqa: E402
+from bench.common import (  # noqa: E402
+    LONG,
+    PACE_MS,
+    PY,
+    RESULTS,
+    SHORT,
+    STREAM_PATH,
+    Server,
+    clean_env,
+    configure_upstream,
+    error_text,
+    fmt,
+    free_port,
+    machine,
+    now_iso,
+    pin_cores,
+    product_env,
+    recreate_postgres_database,
+    setup_product,
+    sqlite_url,
+    start_product,
+    start_upstream,
+    stop_all,
+    upstream_base_url,
+)
 from bench.load import Target, run_load, summarize  # noqa: E402
 
-PY = sys.executable
-RESULTS = ROOT / "bench" / "results"
 CHART = ROOT / "docs" / "bench.png"
 CHART_PINNED = ROOT / "docs" / "bench-pinned.png"  # --pin
 RUN_BUDGET_S = 285.0  # phases that would start after this are skipped
-PACE_MS = 10.0
-LONG, SHORT = 200, 5
 IDLE_S = 3.0
-CLIENT = {"kind": "raw"}  # the load generator's HTTP client: "raw" or "httpx"
-IDLE: dict[str, float] = {}  # CPU ms per second of each server when idle
-#: ``--pin``: the cores of the servers measured, and of the rest (load generator, upstream).
-PIN: dict[str, set[int] | None] = {"servers": None, "harness": None}
-
-
-def pin_cores() -> tuple[set[int], set[int]]:
-    """``--pin``: the measured servers share the last core; the load generator and the
-    upstream get the others. A Python server is one GIL; on one core its event loop and
-    its database thread stop handing the GIL (and their caches) across cores."""
-    cores = sorted(os.sched_getaffinity(0))
-    if len(cores) < 2:
-        raise SystemExit("--pin needs at least two cores")
-    return {cores[-1]}, set(cores[:-1])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Server:
-    """One server process, started and measured."""
-
-    name: str
-    cmd: list[str]
-    env: dict[str, str]
-    port: int
-    health: str = "/healthz"
-    process: subprocess.Popen[bytes] | None = None
-    log_path: Path | None = None
-    ps: psutil.Process | None = None
-
-    def start(self, logdir: Path, timeout: float = 40.0) -> Server:
-        self.log_path = logdir / f"{self.name}.log"
-        log = self.log_path.open("wb")
-        cores = PIN["harness"] if self.name == "upstream" else PIN["servers"]
-        self.process = subprocess.Popen(
-            self.cmd,
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            # Before exec, so that every thread the server starts inherits it.
-            preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,
-        )
-        self.ps = psutil.Process(self.process.pid)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited early:\n{self.output()}")
-            try:
-                if httpx.get(self.url(self.health), timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"{self.name} did not start:\n{self.output()}")
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path else ""
-
-    def cpu(self) -> float:
-        times = self.ps.cpu_times()
-        return times.user + times.system
-
-    def cpu_split(self) -> tuple[float, float]:
-        times = self.ps.cpu_times()
-        return times.user, times.system
-
-    def rss(self) -> int:
-        return self.ps.memory_info().rss
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+REDIS_URL = "redis://127.0.0.1:6379/1"  # --redis
 
 
 @dataclass
@@ -158,87 +89,6 @@ class Phase:
     ramp: float = 0.0
     label: str = ""
     rows: list[dict[str, Any]] = field(default_factory=list)
-
-
-# --- product setup ------------------------------------------------------------------------
-
-SETUP = """
-from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
-from conversations.models import Context
-from ai.quota import quota_get_or_create
-user, _ = get_user_model().objects.get_or_create(username="bench")
-token, _ = Token.objects.get_or_create(user=user)
-context, _ = Context.objects.get_or_create(user=user, name="bench")
-quota = quota_get_or_create(user=user)
-quota.requests_limit = 1_000_000_000
-quota.tokens_limit = 10**15
-quota.save()
-print("BENCH", token.key, context.id)
-"""
-
-
-#: The product's DJANGO_SECRET_KEY for a benchmark run (no sessions outlive it).
-BENCH_SECRET_KEY = secrets.token_urlsafe(50)
-
-
-def product_env(base: dict[str, str], upstream_url: str, database_url: str, redis: bool) -> dict:
-    env = {
-        **base,
-        "DJANGO_SETTINGS_MODULE": "chatproject.settings",
-        "DATABASE_URL": database_url,
-        "AI_PROVIDER": "openai",
-        "OPENAI_BASE_URL": upstream_url,
-        "OPENAI_API_KEY": "bench",
-        "QUOTA_REQUESTS_LIMIT": "1000000000",
-        "QUOTA_TOKENS_LIMIT": str(10**15),
-        "CHAT_MAX_CONCURRENT_STREAMS": "100000",
-        "DJANGO_DEBUG": "false",
-        # A production start needs a real key (chatproject/settings.py); any will do here.
-        "DJANGO_SECRET_KEY": BENCH_SECRET_KEY,
-        "LOG_LEVEL": "WARNING",
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("REDIS_URL", None)
-    if redis:
-        env["REDIS_URL"] = "redis://127.0.0.1:6379/1"
-    return env
-
-
-def prepare_database(tmp: Path, postgres: bool) -> str:
-    if not postgres:
-        return f"sqlite:///{tmp / 'bench.sqlite3'}"
-    import psycopg
-
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS bench WITH (FORCE)")
-        conn.execute("CREATE DATABASE bench")
-    return "postgres://postgres@127.0.0.1:5432/bench"
-
-
-def setup_product(env: dict[str, str]) -> tuple[str, str]:
-    subprocess.run(
-        [PY, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True
-    )
-    # daphne refuses to start without the collected static files (DJANGO_DEBUG off).
-    subprocess.run(
-        [PY, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True
-    )
-    out = subprocess.run(
-        [PY, "manage.py", "shell", "-c", SETUP],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    line = next(x for x in out.splitlines() if x.startswith("BENCH "))
-    _, key, context_id = line.split()
-    return key, context_id
-
-
-def daphne_cmd(port: int, app: str) -> list[str]:
-    return [PY, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port), app]
 
 
 # --- measurement --------------------------------------------------------------------------
@@ -253,7 +103,12 @@ async def _sample_rss(server: Server, stop: asyncio.Event, peak: list[int]) -> N
 
 
 async def measure(
-    phase: Phase, target: Target, server: Server, upstream: Server, me: psutil.Process
+    phase: Phase,
+    target: Target,
+    server: Server,
+    upstream: Server,
+    me: psutil.Process,
+    client: str,
 ) -> dict[str, Any]:
     """Load one target for one phase; the summary plus server CPU and memory."""
     await asyncio.sleep(0.3)  # let the previous phase's stragglers settle
@@ -276,7 +131,7 @@ async def measure(
         expected_tokens=phase.tokens,
         ramp=phase.ramp,
         timeout=timeout,
-        client=CLIENT["kind"],
+        client=client,
     )
     stop.set()
     await sampler
@@ -347,14 +202,6 @@ def derive(rows: list[dict[str, Any]]) -> None:
                 )
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 COLUMNS = (
     "| target | T | C | turns | TTFC p50 / p99 ms | TTFC overhead p50 ms | gap p50 / p99 ms "
     "| last chunk over ideal p50 / p99 ms | errors | CPU s / 1k tokens | x starlette "
@@ -365,9 +212,6 @@ COLUMNS = (
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = [COLUMNS, "|" + "---|" * COLUMNS.count(" | ") + "---|"]
     for r in rows:
-        errors = str(r["errors"])
-        if r["error_kinds"]:
-            errors += " (" + ", ".join(f"{k}: {v}" for k, v in r["error_kinds"].items()) + ")"
         lines.append(
             "| "
             + " | ".join(
@@ -376,17 +220,17 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                     str(r["T"]),
                     str(r["C"]),
                     str(r["turns"]),
-                    f"{_fmt(r['ttfc_p50'])} / {_fmt(r['ttfc_p99'])}",
-                    _fmt(r["ttfc_overhead_p50"]),
-                    f"{_fmt(r['gap_p50'])} / {_fmt(r['gap_p99'])}",
-                    f"{_fmt(r['over_ideal_p50'])} / {_fmt(r['over_ideal_p99'])}",
-                    errors,
-                    _fmt(r["cpu_per_1k_tokens"], 3),
-                    _fmt(r["ratio_starlette"], 2),
-                    _fmt(r["ratio_django"], 2),
-                    _fmt(r["fixed_cpu_ms"], 1),
-                    _fmt(r["marginal_cpu_us"], 1),
-                    _fmt(r["rss_per_stream_kb"], 1) if r["C"] >= 50 else "-",
+                    f"{fmt(r['ttfc_p50'])} / {fmt(r['ttfc_p99'])}",
+                    fmt(r["ttfc_overhead_p50"]),
+                    f"{fmt(r['gap_p50'])} / {fmt(r['gap_p99'])}",
+                    f"{fmt(r['over_ideal_p50'])} / {fmt(r['over_ideal_p99'])}",
+                    error_text(r),
+                    fmt(r["cpu_per_1k_tokens"], 3),
+                    fmt(r["ratio_starlette"], 2),
+                    fmt(r["ratio_django"], 2),
+                    fmt(r["fixed_cpu_ms"], 1),
+                    fmt(r["marginal_cpu_us"], 1),
+                    fmt(r["rss_per_stream_kb"], 1) if r["C"] >= 50 else "-",
                 ]
             )
             + " |"
@@ -405,10 +249,10 @@ def harness_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['target']} | {r['T']} | {r['C']} | {r['wall_s']} | {r['cpu_s']:.2f} "
             f"({r['cpu_user_s']:.2f} + {r['cpu_sys_s']:.2f}) "
-            f"| {_fmt(r['cpu_per_turn_ms'], 2)} | {_fmt(r['upstream_cpu_s'], 2)} "
-            f"| {_fmt(r['loadgen_cpu_s'], 2)} | {_fmt(r['other_cpu_s'], 2)} "
+            f"| {fmt(r['cpu_per_turn_ms'], 2)} | {fmt(r['upstream_cpu_s'], 2)} "
+            f"| {fmt(r['loadgen_cpu_s'], 2)} | {fmt(r['other_cpu_s'], 2)} "
             f"| {r['host_busy'] * 100:.0f}% "
-            f"| {r['rss_before_mb']} / {r['rss_peak_mb']} | {_fmt(r['tail_p50'])} |"
+            f"| {r['rss_before_mb']} / {r['rss_peak_mb']} | {fmt(r['tail_p50'])} |"
         )
     return "\n".join(lines)
 
@@ -448,7 +292,7 @@ def targets_verdict(rows: list[dict[str, Any]], slopes: dict[str, float]) -> lis
             text = (
                 f"product {p['cpu_per_1k_tokens']:.3f} s vs django {d['cpu_per_1k_tokens']:.3f}"
                 f" s per 1k tokens (x{p['ratio_django']}); marginal per token "
-                f"{_fmt(p.get('marginal_cpu_us'))} µs vs {_fmt(d.get('marginal_cpu_us'))} µs"
+                f"{fmt(p.get('marginal_cpu_us'))} µs vs {fmt(d.get('marginal_cpu_us'))} µs"
             )
         out.append(f"- CPU per relayed token ≤ empty Django relay at C={c}: {verdict(ok)} ({text})")
     for c in (1, 50):
@@ -456,10 +300,10 @@ def targets_verdict(rows: list[dict[str, Any]], slopes: dict[str, float]) -> lis
         full = by.get(("product", LONG, c))
         fixed = p and p.get("fixed_cpu_ms")
         ok = None if fixed is None else fixed < 20
-        extra = f"; with extraction {_fmt(full and full.get('fixed_cpu_ms'))} ms" if full else ""
+        extra = f"; with extraction {fmt(full and full.get('fixed_cpu_ms'))} ms" if full else ""
         out.append(
             f"- fixed CPU per turn (extraction off) < 20 ms at C={c}: {verdict(ok)} "
-            f"({_fmt(fixed)} ms{extra})"
+            f"({fmt(fixed)} ms{extra})"
         )
     p, d = by.get(("product", LONG, 200)), by.get(("django", LONG, 200))
     if p and d:
@@ -470,8 +314,8 @@ def targets_verdict(rows: list[dict[str, Any]], slopes: dict[str, float]) -> lis
         )
         out.append(
             f"- C=200 on one process: no error and gap p99 ≤ 2x django's: {verdict(ok)} "
-            f"(errors {p['errors']}, gap p99 {_fmt(p['gap_p99'])} ms vs django "
-            f"{_fmt(d['gap_p99'])} ms)"
+            f"(errors {p['errors']}, gap p99 {fmt(p['gap_p99'])} ms vs django "
+            f"{fmt(d['gap_p99'])} ms)"
         )
     else:
         out.append("- C=200: n/a (phase not run)")
@@ -479,21 +323,21 @@ def targets_verdict(rows: list[dict[str, Any]], slopes: dict[str, float]) -> lis
     ov = p and p.get("ttfc_overhead_p50")
     out.append(
         f"- TTFC overhead p50 < 15 ms at C=1: {verdict(None if ov is None else ov < 15)} "
-        f"({_fmt(ov)} ms over the upstream's own "
-        f"{_fmt(by.get(('upstream', LONG, 1), {}).get('ttfc_p50'))} ms)"
+        f"({fmt(ov)} ms over the upstream's own "
+        f"{fmt(by.get(('upstream', LONG, 1), {}).get('ttfc_p50'))} ms)"
     )
     p = by.get(("product", LONG, 200)) or by.get(("product", LONG, 50))
     per = p and p.get("rss_per_stream_kb")
     slope = slopes.get("product")
     out.append(
         f"- memory per open stream < 100 KB: {verdict(None if per is None else per < 100)} "
-        f"({_fmt(per)} KB at C={p['C'] if p else '-'}; slope of peak RSS over C: "
-        f"{_fmt(slope)} KB)"
+        f"({fmt(per)} KB at C={p['C'] if p else '-'}; slope of peak RSS over C: "
+        f"{fmt(slope)} KB)"
     )
     return out
 
 
-def chart(rows: list[dict[str, Any]], path: Path) -> None:
+def chart(rows: list[dict[str, Any]], path: Path, pinned: bool) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -539,10 +383,9 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylabel("CPU ms")
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
-    pinned = ", servers pinned to one core (--pin)" if PIN["servers"] else ""
     fig.suptitle(
         f"Streaming relay cost, {LONG} tokens at {PACE_MS:g} ms, one process per server, "
-        f"{psutil.cpu_count()} cores{pinned}"
+        f"{psutil.cpu_count()} cores" + (", servers pinned to one core (--pin)" if pinned else "")
     )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -574,38 +417,34 @@ def phases(quick: bool) -> list[Phase]:
 
 
 async def run_phases(
-    plan: list[Phase], targets: dict[str, Target], servers: dict[str, Server], started: float
-) -> list[dict[str, Any]]:
+    plan: list[Phase],
+    targets: dict[str, Target],
+    servers: dict[str, Server],
+    started: float,
+    client: str,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Every phase of ``plan`` on its targets: the rows, and each server's idle CPU (ms/s)."""
     upstream = servers["upstream"]
     me = psutil.Process()
     rows: list[dict[str, Any]] = []
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient() as http:
         # Warm-up: imports, connection pools, URL resolvers; not measured.
-        await client.post(upstream.url("/_bench/config"), json={"tokens": SHORT, "pace_ms": 1})
-        for name, target in targets.items():
+        await configure_upstream(http, upstream, tokens=SHORT, pace_ms=1)
+        for target in targets.values():
             await run_load(
-                target,
-                concurrency=4,
-                turns=2,
-                expected_tokens=SHORT,
-                timeout=30,
-                client=CLIENT["kind"],
+                target, concurrency=4, turns=2, expected_tokens=SHORT, timeout=30, client=client
             )
-            _ = name
         idle0 = {name: s.cpu() for name, s in servers.items()}
         await asyncio.sleep(IDLE_S)
-        for name, s in servers.items():
-            IDLE[name] = round((s.cpu() - idle0[name]) / IDLE_S * 1000, 2)
-        print(f"idle CPU ms/s: {IDLE}", flush=True)
+        idle = {n: round((s.cpu() - idle0[n]) / IDLE_S * 1000, 2) for n, s in servers.items()}
+        print(f"idle CPU ms/s: {idle}", flush=True)
         for phase in plan:
             if time.monotonic() - started > RUN_BUDGET_S:
                 print(f"skipped T={phase.tokens} C={phase.concurrency}: time budget", flush=True)
                 continue
-            await client.post(
-                upstream.url("/_bench/config"), json={"tokens": phase.tokens, "pace_ms": PACE_MS}
-            )
+            await configure_upstream(http, upstream, tokens=phase.tokens)
             for name in phase.targets:
-                row = await measure(phase, targets[name], servers[name], upstream, me)
+                row = await measure(phase, targets[name], servers[name], upstream, me, client)
                 rows.append(row)
                 print(
                     f"[{time.monotonic() - started:5.1f}s] {name:18} T={phase.tokens:<3} "
@@ -614,7 +453,94 @@ async def run_phases(
                     f"gap99={row['gap_p99']} wall={row['wall_s']}s",
                     flush=True,
                 )
-    return rows
+    return rows, idle
+
+
+def start_servers(
+    tmp: Path, args: argparse.Namespace, pin: tuple[set[int], set[int]] | None
+) -> tuple[dict[str, Server], dict[str, Target]]:
+    """The upstream, the two references and the product twice (extraction on and off),
+    started (each is added to the returned dict as it starts, for the caller to stop); the
+    load generator's targets."""
+    measured, harness = pin or (None, None)
+    servers: dict[str, Server] = {}
+    base_env = clean_env()
+    servers["upstream"] = start_upstream(tmp, base_env, cores=harness)
+    upstream_url = upstream_base_url(servers["upstream"])
+    ref_env = {**base_env, "BENCH_UPSTREAM": upstream_url}
+    try:
+        for kind in ("starlette", "django"):
+            port = free_port()
+            cmd = [PY, "bench/references.py", kind, "--port", str(port)]
+            servers[kind] = Server(kind, cmd, ref_env, port, cores=measured).start(tmp)
+        database_url = recreate_postgres_database("bench") if args.postgres else sqlite_url(tmp)
+        env = product_env(base_env, upstream_url, database_url, REDIS_URL if args.redis else None)
+        key, context_id = setup_product(env)
+        for name, extraction in (("product", True), ("product-noextract", False)):
+            servers[name] = start_product(
+                tmp, env, name=name, extraction=extraction, cores=measured
+            )
+    except BaseException:
+        stop_all(list(servers.values()))
+        raise
+    targets = {
+        "upstream": Target.upstream("upstream", servers["upstream"].url("/v1/chat/completions")),
+        "starlette": Target.relay("starlette", servers["starlette"].url("/relay")),
+        "django": Target.relay("django", servers["django"].url("/relay")),
+        **{
+            name: Target.product(name, servers[name].url(STREAM_PATH), key, context_id)
+            for name in ("product", "product-noextract")
+        },
+    }
+    return servers, targets
+
+
+def report(
+    rows: list[dict[str, Any]],
+    meta: dict[str, Any],
+    args: argparse.Namespace,
+    pin: tuple[set[int], set[int]] | None,
+) -> str:
+    """The Markdown report: the table, the targets' verdicts, the harness."""
+    command = f"python bench/run.py{' --quick' if args.quick else ''}{' --pin' if pin else ''}"
+    return "\n".join(
+        [
+            "# Streaming benchmark",
+            "",
+            f"{meta['date']}, {meta['machine']}; product DB {meta['database']}, channel layer "
+            f"{meta['channel_layer']}; upstream pace {PACE_MS:g} ms per token, one token per "
+            f"chunk; run took {meta['elapsed_s']} s (`{command}`)"
+            + (
+                f"; servers pinned to core {sorted(pin[0])}, load generator and upstream to "
+                f"{sorted(pin[1])}."
+                if pin
+                else "."
+            ),
+            "",
+            "CPU is the server process's user + system time over the phase, per 1,000 tokens "
+            "received by the clients; x starlette / x django are ratios to the references at "
+            "the same T and C. Fixed / marginal: two-point fit of CPU per turn at T=200 and "
+            "T=5. TTFC overhead: over the upstream's own p50 at the same C. RSS per open "
+            "stream: (peak - before) / C.",
+            "",
+            markdown_table(rows),
+            "",
+            "## Targets",
+            "",
+            *targets_verdict(rows, meta["rss_slope_kb_per_stream"]),
+            "",
+            "## Harness (is anything else the bottleneck?)",
+            "",
+            harness_table(rows),
+            "",
+            f"Idle CPU of each server (ms per s, not subtracted above): "
+            f"{meta['idle_cpu_ms_per_s']}.",
+            "",
+            f"Peak RSS slope over C (KB per open stream): {meta['rss_slope_kb_per_stream']}. "
+            f"Upstream served: {meta['upstream_stats']}.",
+            "",
+        ]
+    )
 
 
 def main() -> None:
@@ -643,136 +569,52 @@ def main() -> None:
     if args.cluster:
         if args.quick or args.postgres or args.redis:
             parser.error("--cluster always uses PostgreSQL and Redis and has no --quick")
-        from bench.cluster_mode import run_cluster
-
         run_cluster(client=args.client, keep=args.keep)
         return
     started = time.monotonic()
-    CLIENT["kind"] = args.client
-    if args.pin:
-        PIN["servers"], PIN["harness"] = pin_cores()
-        os.sched_setaffinity(0, PIN["harness"])
+    pin = pin_cores() if args.pin else None
+    if pin:
+        os.sched_setaffinity(0, pin[1])
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
-    base_env.pop("DATABASE_URL", None)
     servers: dict[str, Server] = {}
     try:
-        up_port = free_port()
-        upstream_url = f"http://127.0.0.1:{up_port}/v1"
-        servers["upstream"] = Server(
-            "upstream",
-            [PY, "bench/upstream.py", "--port", str(up_port), "--pace-ms", str(PACE_MS)],
-            base_env,
-            up_port,
-        ).start(tmp)
-        ref_env = {**base_env, "BENCH_UPSTREAM": upstream_url}
-        for kind in ("starlette", "django"):
-            port = free_port()
-            servers[kind] = Server(
-                kind,
-                [PY, "bench/references.py", kind, "--port", str(port)],
-                ref_env,
-                port,
-            ).start(tmp)
-        database_url = prepare_database(tmp, args.postgres)
-        env = product_env(base_env, upstream_url, database_url, args.redis)
-        key, context_id = setup_product(env)
-        for name, extraction in (("product", "true"), ("product-noextract", "false")):
-            port = free_port()
-            servers[name] = Server(
-                name,
-                daphne_cmd(port, "chatproject.asgi:application"),
-                {**env, "FLOWS_EXTRACTION_ENABLED": extraction},
-                port,
-            ).start(tmp)
+        servers, targets = start_servers(tmp, args, pin)
         print(
             f"[{time.monotonic() - started:5.1f}s] servers up: "
             + ", ".join(f"{n}=:{s.port} pid {s.process.pid}" for n, s in servers.items()),
             flush=True,
         )
-        stream_path = "/api/v1/conversations/stream"
-        targets = {
-            "upstream": Target.upstream(
-                "upstream", servers["upstream"].url("/v1/chat/completions")
-            ),
-            "starlette": Target.relay("starlette", servers["starlette"].url("/relay")),
-            "django": Target.relay("django", servers["django"].url("/relay")),
-            "product": Target.product(
-                "product", servers["product"].url(stream_path), key, context_id
-            ),
-            "product-noextract": Target.product(
-                "product-noextract", servers["product-noextract"].url(stream_path), key, context_id
-            ),
-        }
-        rows = asyncio.run(run_phases(phases(args.quick), targets, servers, started))
+        rows, idle = asyncio.run(
+            run_phases(phases(args.quick), targets, servers, started, args.client)
+        )
         stats = httpx.get(servers["upstream"].url("/_bench/stats")).json()
     finally:
-        for server in servers.values():
-            server.stop()
+        stop_all(list(servers.values()))
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
     order = {"upstream": 0, "starlette": 1, "django": 2, "product": 3, "product-noextract": 4}
     rows.sort(key=lambda r: (r["T"] != LONG, r["C"], r["T"], order[r["target"]]))
     derive(rows)
-    slopes = rss_slopes(rows)
-    verdicts = targets_verdict(rows, slopes)
     meta = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, "
-        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}",
+        "date": now_iso(),
+        "machine": machine(),
         "database": "postgres" if args.postgres else "sqlite",
         "channel_layer": "redis" if args.redis else "in-memory",
         "quick": args.quick,
         "client": args.client,
-        "pin": sorted(PIN["servers"]) if PIN["servers"] else None,
+        "pin": sorted(pin[0]) if pin else None,
         "pace_ms": PACE_MS,
         "upstream_stats": stats,
         "elapsed_s": round(time.monotonic() - started, 1),
-        "rss_slope_kb_per_stream": slopes,
-        "idle_cpu_ms_per_s": IDLE,
+        "rss_slope_kb_per_stream": rss_slopes(rows),
+        "idle_cpu_ms_per_s": idle,
     }
-    md = "\n".join(
-        [
-            "# Streaming benchmark",
-            "",
-            f"{meta['date']}, {meta['machine']}; product DB {meta['database']}, channel layer "
-            f"{meta['channel_layer']}; upstream pace {PACE_MS:g} ms per token, one token per "
-            f"chunk; run took {meta['elapsed_s']} s (`python bench/run.py"
-            f"{' --quick' if args.quick else ''}{' --pin' if args.pin else ''}`)"
-            + (
-                f"; servers pinned to core {sorted(PIN['servers'])}, load generator and "
-                f"upstream to {sorted(PIN['harness'])}."
-                if args.pin
-                else "."
-            ),
-            "",
-            "CPU is the server process's user + system time over the phase, per 1,000 tokens "
-            "received by the clients; x starlette / x django are ratios to the references at "
-            "the same T and C. Fixed / marginal: two-point fit of CPU per turn at T=200 and "
-            "T=5. TTFC overhead: over the upstream's own p50 at the same C. RSS per open "
-            "stream: (peak - before) / C.",
-            "",
-            markdown_table(rows),
-            "",
-            "## Targets",
-            "",
-            *verdicts,
-            "",
-            "## Harness (is anything else the bottleneck?)",
-            "",
-            harness_table(rows),
-            "",
-            f"Idle CPU of each server (ms per s, not subtracted above): {IDLE}.",
-            "",
-            f"Peak RSS slope over C (KB per open stream): {slopes}. Upstream served: {stats}.",
-            "",
-        ]
-    )
+    md = report(rows, meta, args, pin)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.md").write_text(md)
     (RESULTS / "latest.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    chart_path = CHART_PINNED if args.pin else CHART
-    chart(rows, chart_path)
+    chart_path = CHART_PINNED if pin else CHART
+    chart(rows, chart_path, pinned=bool(pin))
     print()
     print(md)
     print(f"Saved {RESULTS / 'latest.md'}, {RESULTS / 'latest.json'} and {chart_path}.")

@@ -28,23 +28,36 @@ import argparse
 import json
 import os
 import random
-import secrets
-import socket
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import httpx
 from httpx_sse import connect_sse
 
-ROOT = Path(__file__).resolve().parent.parent
-PG_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[0] = str(ROOT)  # the checkout, not bench/ (whose profile.py shadows the stdlib's)
+
+from bench.common import (  # noqa: E402
+    PY,
+    SECRET_KEY,
+    Server,
+    daphne_cmd,
+    drop_postgres_database,
+    flush_redis,
+    free_port,
+    recreate_postgres_database,
+    stop_all,
+)
 
 TEXTS = [
     "I need to book a flight and call the client",
@@ -53,46 +66,12 @@ TEXTS = [
     "What is on my plate today?",
     "I must pay the rent tomorrow and don't forget to buy milk",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+#: Plenty for most users (two get a tiny quota in make_users), so the soak keeps streaming
+#: for its whole duration instead of running into the daily default.
+REQUESTS_LIMIT, TOKENS_LIMIT = 1_000_000, 1_000_000_000
 
 
 # --- set-up -----------------------------------------------------------------------------------
-
-
-def create_database(name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-        )
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def drop_database(name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-        )
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-
-
-def flush_redis_db(url: str) -> None:
-    import redis
-
-    redis.Redis.from_url(url).flushdb()
-
-
-#: The servers' DJANGO_SECRET_KEY for this soak (one for all its processes).
-SOAK_SECRET_KEY = secrets.token_urlsafe(50)
 
 
 def server_env(args: argparse.Namespace) -> dict[str, str]:
@@ -100,80 +79,50 @@ def server_env(args: argparse.Namespace) -> dict[str, str]:
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "chatproject.settings",
         # A production start needs a real key (chatproject/settings.py); any will do here.
-        "DJANGO_SECRET_KEY": os.environ.get("DJANGO_SECRET_KEY") or SOAK_SECRET_KEY,
+        "DJANGO_SECRET_KEY": os.environ.get("DJANGO_SECRET_KEY") or SECRET_KEY,
         "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{args.db_name}",
         "REDIS_URL": f"redis://127.0.0.1:6379/{args.redis_db}",
         "AI_PROVIDER": "mock",
         "MOCK_TOKEN_DELAY_MS": str(args.token_delay_ms),
         "CHAT_MAX_CONCURRENT_STREAMS": "12",
         "CHAT_STALE_SECONDS": "10",
-        # Plenty for most users (two get a tiny quota in make_users), so the soak keeps
-        # streaming for its whole duration instead of running into the daily default.
-        "QUOTA_REQUESTS_LIMIT": "1000000",
-        "QUOTA_TOKENS_LIMIT": "1000000000",
+        "QUOTA_REQUESTS_LIMIT": str(REQUESTS_LIMIT),
+        "QUOTA_TOKENS_LIMIT": str(TOKENS_LIMIT),
         "LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",
     }
 
 
-class Daphne:
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
-            prefix="soak-daphne-", suffix=".log", delete=False
-        )
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-             "chatproject.asgi:application"],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError(f"daphne did not start; see {self.log.name}")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+def start_daphne(env: dict[str, str], logdir: Path, index: int) -> Server:
+    port = free_port()
+    return Server(f"daphne-{index}", daphne_cmd(port), env, port).start(logdir, timeout=30)
 
 
 def make_users(n: int) -> list[dict[str, Any]]:
-    """Users with a token and two contexts; the last two have a tiny quota."""
-    from django.contrib.auth import get_user_model
-    from rest_framework.authtoken.models import Token
-
-    from ai.models import Quota
-    from ai.quota.services import quota_get_or_create
-    from conversations.models import Context
+    """Users with a token and two contexts (``manage.py demo_setup``, in this process); the
+    last two have a tiny quota."""
+    from django.core.management import call_command  # Django is set up by main() first
 
     users = []
     for i in range(n):
-        user = get_user_model().objects.create_user(f"soak{i}", password="soak-pass")
-        quota = quota_get_or_create(user=user)
+        requests, tokens = REQUESTS_LIMIT, TOKENS_LIMIT
         if i == n - 1:
-            Quota.objects.filter(pk=quota.pk).update(requests_limit=6)
+            requests = 6
         elif i == n - 2:
-            Quota.objects.filter(pk=quota.pk).update(tokens_limit=6000)
+            tokens = 6000
+        out = StringIO()
+        call_command(
+            "demo_setup",
+            username=f"soak{i}",
+            contexts=["Soak 0", "Soak 1"],
+            requests_limit=requests,
+            tokens_limit=tokens,
+            as_json=True,
+            stdout=out,
+        )
+        made = json.loads(out.getvalue())
         users.append(
-            {
-                "id": user.id,
-                "token": Token.objects.create(user=user).key,
-                "contexts": [
-                    str(Context.objects.create(user=user, name=f"Soak {j}").id) for j in range(2)
-                ],
-            }
+            {"id": made["user_id"], "token": made["token"], "contexts": made["context_ids"]}
         )
     return users
 
@@ -259,7 +208,7 @@ def sse(
 
 
 class Soak:
-    def __init__(self, args: argparse.Namespace, servers: list[Daphne], users: list[dict]):
+    def __init__(self, args: argparse.Namespace, servers: list[Server], users: list[dict]):
         self.args = args
         self.servers = servers
         self.users = users
@@ -277,7 +226,7 @@ class Soak:
             return True
 
     def url(self, path: str) -> str:
-        return random.choice(self.servers).url + path
+        return random.choice(self.servers).url(path)
 
     def worker(self, seed: int) -> None:
         rng = random.Random(seed)
@@ -393,7 +342,7 @@ def check_invariants(soak: Soak, settle_seconds: float = 30.0) -> list[str]:
     stored = dict(
         Message.objects.filter(id__in=[m for m, _ in soak.resumed]).values_list("id", "content")
     )
-    mismatched = [m for m, text in soak.resumed if stored.get(_uuid(m)) != text]
+    mismatched = [m for m, text in soak.resumed if stored.get(uuid.UUID(m)) != text]
     if mismatched:
         violations.append(f"{len(mismatched)} resumed/cancelled text(s) differ: {mismatched[:3]}")
     for user in soak.users:
@@ -432,12 +381,6 @@ def check_invariants(soak: Soak, settle_seconds: float = 30.0) -> list[str]:
     return violations
 
 
-def _uuid(value: str):  # type: ignore[no-untyped-def]
-    import uuid
-
-    return uuid.UUID(value)
-
-
 # --- main ---------------------------------------------------------------------------------------
 
 
@@ -450,43 +393,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-delay-ms", type=float, default=8.0)
     parser.add_argument("--db-name", default="chat_soak")
     parser.add_argument("--redis-db", type=int, default=4)
-    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    parser.add_argument("--keep", action="store_true", help="keep the database and logs")
     args = parser.parse_args(argv)
 
     env = server_env(args)
-    create_database(args.db_name)
-    flush_redis_db(env["REDIS_URL"])
+    recreate_postgres_database(args.db_name)
+    flush_redis(env["REDIS_URL"])
     for command in (["migrate", "--noinput"], ["collectstatic", "--noinput"]):
-        subprocess.run(
-            [sys.executable, "manage.py", *command, "-v", "0"], cwd=ROOT, env=env, check=True
-        )
+        subprocess.run([PY, "manage.py", *command, "-v", "0"], cwd=ROOT, env=env, check=True)
     os.environ.update(
         {
             k: env[k]
             for k in (
                 "DJANGO_SETTINGS_MODULE",
+                "DJANGO_SECRET_KEY",
                 "DATABASE_URL",
                 "QUOTA_REQUESTS_LIMIT",
                 "QUOTA_TOKENS_LIMIT",
             )
         }
     )
-    sys.path.insert(0, str(ROOT))
-    import django
+    import django  # after the environment above: it configures the settings
 
     django.setup()
     users = make_users(args.users)
 
-    servers = [Daphne(env), Daphne(env)]
-    started = time.monotonic()
-    soak = Soak(args, servers, users)
+    logdir = Path(tempfile.mkdtemp(prefix="soak-"))
+    servers: list[Server] = []
     try:
+        for index in range(2):
+            servers.append(start_daphne(env, logdir, index))
+        started = time.monotonic()
+        soak = Soak(args, servers, users)
         soak.run()
         elapsed = time.monotonic() - started
         violations = check_invariants(soak)
     finally:
-        for server in servers:
-            server.stop()
+        stop_all(servers)
     f = soak.figures
     print(
         json.dumps(
@@ -515,7 +458,11 @@ def main(argv: list[str] | None = None) -> int:
         from django.db import connections
 
         connections.close_all()
-        drop_database(args.db_name)
+        drop_postgres_database(args.db_name)
+    if violations or args.keep:
+        print(f"server logs in {logdir}", file=sys.stderr)
+    else:
+        shutil.rmtree(logdir, ignore_errors=True)
     return 1 if violations else 0
 
 

@@ -23,14 +23,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[0] = str(ROOT)  # not bench/, whose profile.py would shadow the stdlib's
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[0] = str(ROOT)  # the checkout, not bench/ (whose profile.py shadows the stdlib's)
 
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 
-from bench.profile import load_for, start_product  # noqa: E402
-from bench.run import PIN, Server, pin_cores  # noqa: E402
+from bench.common import (  # noqa: E402
+    Server,
+    load_for,
+    pin_cores,
+    start_upstream_and_product,
+    stop_all,
+)
 
 
 def main() -> None:
@@ -43,14 +48,16 @@ def main() -> None:
     )
     parser.add_argument("--no-extraction", action="store_true")
     args = parser.parse_args()
-    if args.pin:
-        PIN["servers"], PIN["harness"] = pin_cores()
-        os.sched_setaffinity(0, PIN["harness"])
+    pin = pin_cores() if args.pin else None
+    if pin:
+        os.sched_setaffinity(0, pin[1])
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-threads-"))
     servers: list[Server] = []
     try:
-        upstream, product, target = start_product(tmp, servers, extraction=not args.no_extraction)
+        upstream, product, target = start_upstream_and_product(
+            tmp, servers, extraction=not args.no_extraction, cores=pin
+        )
         httpx.post(upstream.url("/_bench/config"), json={"tokens": args.tokens, "pace_ms": 10})
         asyncio.run(load_for(target, 1.0, args.concurrency, args.tokens))  # warm up
         process = psutil.Process(product.process.pid)
@@ -70,8 +77,7 @@ def main() -> None:
             name = "event loop (main)" if tid == process.pid else "other thread"
             print(f"  thread {tid} {name}: {cpu / max(1, turns) * 1000:.2f} ms per turn")
     finally:
-        for server in reversed(servers):
-            server.stop()
+        stop_all(servers)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

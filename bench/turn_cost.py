@@ -23,15 +23,19 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[0] = str(ROOT)  # not bench/, whose profile.py would shadow the stdlib's
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[0] = str(ROOT)  # the checkout, not bench/ (whose profile.py shadows the stdlib's)
 
 import argparse  # noqa: E402
 import cProfile  # noqa: E402
+import json  # noqa: E402
 import os  # noqa: E402
 import pstats  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from io import StringIO  # noqa: E402
+
+from bench.common import recreate_postgres_database  # noqa: E402
 
 
 def _configure(postgres: bool, tmp: str) -> None:
@@ -47,13 +51,7 @@ def _configure(postgres: bool, tmp: str) -> None:
     os.environ["AI_PROVIDER"] = "mock"
     os.environ.pop("REDIS_URL", None)
     if postgres:
-        import psycopg
-
-        url = "postgresql://postgres@127.0.0.1:5432/postgres"
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("DROP DATABASE IF EXISTS bench_turn WITH (FORCE)")
-            conn.execute("CREATE DATABASE bench_turn")
-        os.environ["DATABASE_URL"] = "postgres://postgres@127.0.0.1:5432/bench_turn"
+        os.environ["DATABASE_URL"] = recreate_postgres_database("bench_turn")
     else:
         os.environ["DATABASE_URL"] = f"sqlite:///{tmp}/turn.sqlite3"
 
@@ -72,32 +70,34 @@ def main() -> None:
 
     django.setup()
 
-    import json
-
     from django.contrib.auth.models import AnonymousUser
     from django.core.management import call_command
     from django.db import connection
     from django.test import RequestFactory
     from django.test.utils import CaptureQueriesContext
-    from rest_framework.authtoken.models import Token
 
     from ai.providers.base import Usage
-    from ai.quota.services import quota_get_or_create
-    from conversations.models import Context, Message
+    from conversations.models import Message
     from conversations.services import ReplyOutcome, turn_finish
     from conversations.streaming.views import _prepare
 
     call_command("migrate", verbosity=0)
-    from django.contrib.auth import get_user_model
-
-    user = get_user_model().objects.create_user("bench", password="bench-pass-1")
-    token = Token.objects.create(user=user)
-    context = Context.objects.create(user=user, name="bench")
-    quota_get_or_create(user=user)
+    out = StringIO()
+    call_command(
+        "demo_setup",
+        username="bench",
+        contexts=["bench"],
+        requests_limit=int(os.environ["QUOTA_REQUESTS_LIMIT"]),
+        tokens_limit=int(os.environ["QUOTA_TOKENS_LIMIT"]),
+        as_json=True,
+        stdout=out,
+    )
+    made = json.loads(out.getvalue())
+    token_key, context_id = made["token"], made["context_ids"][0]
 
     factory = RequestFactory()
     body = json.dumps(
-        {"context_id": str(context.id), "messages": [{"role": "user", "content": "Hello " * 8}]}
+        {"context_id": context_id, "messages": [{"role": "user", "content": "Hello " * 8}]}
     )
 
     def request():  # type: ignore[no-untyped-def]
@@ -105,7 +105,7 @@ def main() -> None:
             "/api/v1/conversations/stream",
             data=body,
             content_type="application/json",
-            HTTP_AUTHORIZATION=f"Token {token.key}",
+            HTTP_AUTHORIZATION=f"Token {token_key}",
             HTTP_ACCEPT="text/event-stream",
         )
         req.user = AnonymousUser()
