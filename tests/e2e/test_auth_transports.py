@@ -9,6 +9,7 @@ must match host and port.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -251,19 +252,18 @@ def test_sockets_per_user_are_capped(server):
     user = factories.make_user("erin")
     context = factories.make_context(user)
     key = factories.make_token(user)
-    sockets = [token_socket(server, key) for _ in range(3)]
-    try:
+    with contextlib.ExitStack() as open_sockets:
+        first = open_sockets.enter_context(token_socket(server, key))
+        for _ in range(2):
+            open_sockets.enter_context(token_socket(server, key))
         with token_socket(server, key) as extra:
             error = recv(extra)
             assert error["code"] == "too_many_sockets" and error["status"] == 429
             assert closed_code(extra) == 4429
-        sockets.pop().close()
+        first.close()
         time.sleep(0.3)
         with token_socket(server, key) as again:
             _chat_ok(again, context)
-    finally:
-        for ws in sockets:
-            ws.close()
 
 
 def test_resumed_streams_per_user_are_capped(server):
