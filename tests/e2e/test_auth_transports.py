@@ -216,7 +216,7 @@ def test_a_slow_jwks_fetch_holds_no_other_request(server, provider):
     assert _rest(server, f"Bearer {provider.issue(sub='warm')}", context)[0] == 200
     old_key = provider.current_key
     new_key = provider.rotate(keep_old=True)
-    provider.delay = 3.0
+    provider.delay = 2.0  # under the server's 3 s JWKS timeout
     slow: dict[str, Any] = {}
 
     def slow_request() -> None:
@@ -240,11 +240,11 @@ def test_a_slow_jwks_fetch_holds_no_other_request(server, provider):
         provider.delay = 0.0
     assert result.names()[-1] == "done"
     assert held_jwt[0] == 200
-    assert slow["seconds"] >= 2.5  # it did wait for its key...
+    assert slow["seconds"] >= 1.8  # it did wait for its key...
     assert slow["answer"] == (404, "not_found")  # ...and was then authenticated
     # ...while a whole turn of another user, and a request with a held key, did not
-    assert others < 1.5, others
-    assert held < 2.0, held
+    assert others < 1.2, others
+    assert held < 1.5, held
 
 
 # --- caps ----------------------------------------------------------------------------------------
