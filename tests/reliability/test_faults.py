@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
@@ -24,7 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from django.db import connection
+from asgiref.sync import sync_to_async
+from django.db import connection, connections
 from django.db.models import Sum
 
 from ai.models import Quota, Reservation, UsageRecord
@@ -103,6 +105,9 @@ def test_database_connections_killed_mid_reply(daphne_factory, transactional_db)
         )
         killed = cursor.fetchone()[0]
     assert killed >= 1
+    # The kill also ended this test process's connection in asgiref's sync thread (used by
+    # earlier async tests): close it there, so that later tests open a fresh one.
+    asyncio.run(sync_to_async(connections.close_all)())
     thread.join(60)
     assert not thread.is_alive()
     (result,) = results
