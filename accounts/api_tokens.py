@@ -1,6 +1,6 @@
 """API tokens (``Authorization: Token <key>``): DRF's token model, read cheaply.
 
-Every chat turn authenticates, so the read is plain SQL (:mod:`chatproject.sql`): two
+Every chat turn authenticates, so the read is plain SQL (:mod:`core.sql`): two
 primary-key reads cost less CPU than the ORM's one ``select_related`` query.
 """
 
@@ -11,7 +11,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from rest_framework.authtoken.models import Token
 
 from accounts.errors import AuthenticationError
-from chatproject import sql
+from core import sql
 
 
 def token_lookup(key: str) -> Token | None:

@@ -10,4 +10,4 @@ class AccountsConfig(AppConfig):
 
     def ready(self) -> None:
         # system checks, the schema extension, the failed-login receiver
-        from accounts import checks, openapi, throttling  # noqa: F401
+        from accounts import checks, openapi, throttling  # noqa: F401, PLC0415

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rest_framework import status
 
-from chatproject.errors import ServiceError
+from core.errors import ServiceError
 
 BEARER_CHALLENGE = 'Bearer realm="api"'
 

@@ -9,7 +9,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from accounts.errors import BEARER_CHALLENGE
 from accounts.services import authenticate
 from accounts.throttling import client_ip
-from chatproject.errors import ServiceError
+from core.errors import ServiceError
 
 _csrf = CsrfViewMiddleware(lambda _request: HttpResponse())
 

@@ -41,7 +41,7 @@ from django.http.request import split_domain_port, validate_host
 from accounts.access_tokens import prefetch_key
 from accounts.errors import AuthenticationError, TooManyAuthenticationFailures
 from accounts.services import authenticate, parse_authorization
-from chatproject.db import db_run
+from core.db import db_run
 
 logger = logging.getLogger("accounts.ws")
 

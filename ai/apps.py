@@ -7,4 +7,4 @@ class AiConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from ai import checks  # noqa: F401  (registers the system checks)
+        from ai import checks  # noqa: F401, PLC0415  (registers the system checks)

@@ -2,13 +2,13 @@
 and :class:`QuotaExceeded`, the quota's refusal of a turn.
 
 Each class names its code; status, safe message and retry hint come from the one catalog
-(:data:`chatproject.errors.CATALOG`), so the same code says the same on every transport.
+(:data:`core.errors.CATALOG`), so the same code says the same on every transport.
 Messages are safe for clients: no provider internals, no keys.
 """
 
 from __future__ import annotations
 
-from chatproject.errors import ServiceError
+from core.errors import ServiceError
 
 
 class AIError(ServiceError):

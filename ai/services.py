@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 
 from ai.models import UsageRecord
-from chatproject import sql
+from core import sql
 
 
 def usage_record_build(

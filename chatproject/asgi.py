@@ -12,10 +12,10 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from accounts.ws import SameOriginValidator, TokenOrSessionAuthMiddlewareStack  # noqa: E402
-from chatproject.asgi_limits import BodySizeLimitMiddleware  # noqa: E402
-from chatproject.startup import check_server_start  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
 from conversations.streaming.background import start_background  # noqa: E402
+from core.asgi_limits import BodySizeLimitMiddleware  # noqa: E402
+from core.startup import check_server_start  # noqa: E402
 
 # Logs what the system checks find; refuses to start without the collected static files.
 check_server_start()

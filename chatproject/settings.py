@@ -50,29 +50,29 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",  # Swagger UI served from STATIC_ROOT, not a CDN
     "channels",
     "mozilla_django_oidc",
+    "core",  # errors, database units, HTTP helpers, logging, metrics, deploy checks
     "accounts",
     "ai",
     "conversations",
     "flows",
     "web",
-    "chatproject.apps.ChatProjectConfig",  # the project's deploy checks (chatproject/checks.py)
 ]
 
 MIDDLEWARE = [
-    "chatproject.middleware.RequestIdMiddleware",
+    "core.middleware.RequestIdMiddleware",
     # A bearer token's signing keys fetched in the event loop, before any view runs.
     "accounts.middleware.BearerKeysMiddleware",
     # Django's stock middleware, with their hooks run in the event loop instead of a
-    # thread each (chatproject/async_middleware.py).
-    "chatproject.async_middleware.AsyncSecurityMiddleware",
-    "chatproject.middleware.AsyncWhiteNoiseMiddleware",
-    "chatproject.async_middleware.AsyncSessionMiddleware",
+    # thread each (core/async_middleware.py).
+    "core.async_middleware.AsyncSecurityMiddleware",
+    "core.middleware.AsyncWhiteNoiseMiddleware",
+    "core.async_middleware.AsyncSessionMiddleware",
     "corsheaders.middleware.CorsMiddleware",
-    "chatproject.async_middleware.AsyncCommonMiddleware",
-    "chatproject.async_middleware.AsyncCsrfViewMiddleware",
-    "chatproject.async_middleware.AsyncAuthenticationMiddleware",
-    "chatproject.async_middleware.AsyncMessageMiddleware",
-    "chatproject.async_middleware.AsyncXFrameOptionsMiddleware",
+    "core.async_middleware.AsyncCommonMiddleware",
+    "core.async_middleware.AsyncCsrfViewMiddleware",
+    "core.async_middleware.AsyncAuthenticationMiddleware",
+    "core.async_middleware.AsyncMessageMiddleware",
+    "core.async_middleware.AsyncXFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "chatproject.urls"
@@ -178,9 +178,9 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": env.int("API_PAGE_SIZE", default=50),
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["chatproject.parsers.SafeJSONParser"],
-    "DEFAULT_SCHEMA_CLASS": "chatproject.openapi.ErrorResponsesAutoSchema",
-    "EXCEPTION_HANDLER": "chatproject.exception_handler.exception_handler",
+    "DEFAULT_PARSER_CLASSES": ["core.parsers.SafeJSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "core.openapi.ErrorResponsesAutoSchema",
+    "EXCEPTION_HANDLER": "core.exception_handler.exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.AnonRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"anon": env.str("API_ANON_THROTTLE", default="60/min")},
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
@@ -236,8 +236,8 @@ SESSION_COOKIE_SECURE = env.bool("DJANGO_SESSION_COOKIE_SECURE", default=False)
 CSRF_COOKIE_SECURE = env.bool("DJANGO_CSRF_COOKIE_SECURE", default=False)
 SESSION_COOKIE_HTTPONLY = True
 # Django's deploy checks look for the stock middleware by dotted path and miss the Async*
-# subclasses in MIDDLEWARE: chatproject/checks.py finds them by class and reports what
-# Django would (a middleware really missing as chatproject.W001-W003).
+# subclasses in MIDDLEWARE: core/checks.py finds them by class and reports what
+# Django would (a middleware really missing as core.W001-W003).
 SILENCED_SYSTEM_CHECKS = ["security.W001", "security.W002", "security.W003"]
 # The request body is read by Django; the chat body limit is checked before parsing.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE", default=2_621_440)
@@ -306,9 +306,9 @@ LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "chatproject.logging.RequestIdFilter"}},
+    "filters": {"request_id": {"()": "core.logging.RequestIdFilter"}},
     "formatters": {
-        "json": {"()": "chatproject.logging.JsonFormatter"},
+        "json": {"()": "core.logging.JsonFormatter"},
         "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
     },
     "handlers": {

@@ -6,7 +6,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from accounts.throttling import login_throttled
-from chatproject import health, metrics
+from core import health, metrics
 from web.csp import content_security_policy
 
 urlpatterns = [
@@ -38,5 +38,5 @@ urlpatterns = [
 if settings.OIDC_BROWSER_LOGIN_ENABLED:
     urlpatterns.append(path("oidc/", include("mozilla_django_oidc.urls")))
 
-#: JSON 404s under /api/ (chatproject.exception_handler.not_found).
-handler404 = "chatproject.exception_handler.not_found"
+#: JSON 404s under /api/ (core.exception_handler.not_found).
+handler404 = "core.exception_handler.not_found"

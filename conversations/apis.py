@@ -7,7 +7,6 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers
 
-from chatproject.http import choice_query_param, uuid_query_param
 from conversations import selectors, services
 from conversations.models import Context, Conversation, Message
 from conversations.serializers import (
@@ -15,6 +14,7 @@ from conversations.serializers import (
     ConversationSerializer,
     MessageSerializer,
 )
+from core.http import choice_query_param, uuid_query_param
 from flows import selectors as flow_selectors
 from flows.models import Flow
 from flows.serializers import FlowSerializer

@@ -55,15 +55,15 @@ from django.db import DatabaseError
 
 from accounts.errors import AuthenticationError, TooManyAuthenticationFailures
 from accounts.ws import CLOSE_TOO_MANY, CLOSE_UNAUTHENTICATED, scope_user_recheck, sockets
-from chatproject import metrics
-from chatproject.db import db_run
-from chatproject.errors import InvalidRequest, PayloadTooLarge, ServiceError, database_error
 from conversations import selectors
 from conversations.streaming.events import KEEP_ALIVE, Event, parse_last_event_id
 from conversations.streaming.live import Generation, iter_events
 from conversations.streaming.replies import reply_cancel, reply_follow
 from conversations.streaming.transports.ws import encode_error, encode_json, encode_ws_event
 from conversations.streaming.turn import prepare_turn, start_generation
+from core import metrics
+from core.db import db_run
+from core.errors import InvalidRequest, PayloadTooLarge, ServiceError, database_error
 
 logger = logging.getLogger("conversations.ws")
 

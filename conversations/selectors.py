@@ -7,9 +7,9 @@ import uuid
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 
-from chatproject.errors import NotFound
-from chatproject.http import parse_uuid
 from conversations.models import Context, Conversation, Message
+from core.errors import NotFound
+from core.http import parse_uuid
 
 
 def context_list(*, user: AbstractBaseUser) -> QuerySet[Context]:

@@ -6,8 +6,8 @@ from typing import Any
 
 from rest_framework import serializers
 
-from chatproject.fields import StrictCharField
 from conversations.models import Context, Conversation, Message
+from core.fields import StrictCharField
 
 MAX_USER_CONTENT = 10_000
 MAX_HISTORY = 100

@@ -20,10 +20,10 @@ from ai.providers.base import ChatMessage, Usage
 from ai.quota.selectors import quota_as_dict, quota_snapshot
 from ai.quota.services import quota_lock, quota_reserve_locked, reservation_close_locked
 from ai.services import usage_record_build, usage_records_create
-from chatproject import sql
-from chatproject.errors import Conflict, InvalidRequest, NotFound, ServiceError
 from conversations.models import Context, Conversation, Message
 from conversations.selectors import history_for_model
+from core import sql
+from core.errors import Conflict, InvalidRequest, NotFound, ServiceError
 from flows.extraction import FlowDraft
 from flows.models import Flow
 from flows.services import flows_store
@@ -191,7 +191,7 @@ def turn_prepare(*, user: AbstractBaseUser, request: TurnRequest) -> PreparedTur
     is reserved for the prompt the model will see (the context's system prompt, built here
     once, and the last ``CHAT_HISTORY_LIMIT`` messages), all or nothing. The quota row is
     locked first, so one user's concurrent turns are serialized here. Nine to eleven
-    statements, BEGIN and COMMIT included, in plain SQL (:mod:`chatproject.sql`: the ORM's
+    statements, BEGIN and COMMIT included, in plain SQL (:mod:`core.sql`: the ORM's
     query building cost more CPU than the statements themselves); with
     :func:`turn_finish`, most of a turn's fixed cost.
     """

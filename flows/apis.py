@@ -7,7 +7,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers
 
-from chatproject.http import choice_query_param, uuid_query_param
+from core.http import choice_query_param, uuid_query_param
 from flows import selectors, services
 from flows.models import Flow
 from flows.serializers import FlowSerializer

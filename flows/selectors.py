@@ -7,8 +7,8 @@ import uuid
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 
-from chatproject.errors import NotFound
-from chatproject.http import parse_uuid
+from core.errors import NotFound
+from core.http import parse_uuid
 from flows.models import Flow
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from chatproject.fields import StrictCharField
+from core.fields import StrictCharField
 from flows.models import Flow
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
-from chatproject.errors import InvalidRequest
+from core.errors import InvalidRequest
 from flows.extraction import FlowDraft, title_key
 from flows.models import Flow
 

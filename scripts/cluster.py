@@ -43,6 +43,9 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
+from psycopg import sql
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 PRODUCTION_CONFIG = DEPLOY / "nginx.conf"
@@ -138,9 +141,6 @@ def ensure_postgres_database(database_url: str) -> bool:
     parts = urlsplit(database_url)
     if parts.scheme not in ("postgres", "postgresql", "pgsql"):
         return False
-    import psycopg
-    from psycopg import sql
-
     name = parts.path.lstrip("/")
     admin_url = urlunsplit(
         (parts.scheme.replace("pgsql", "postgres"), parts.netloc, "/postgres", parts.query, "")

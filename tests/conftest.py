@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
-from chatproject.db import db_pool_close
+from core.db import db_pool_close
 from tests import factories
 
 

@@ -1,4 +1,4 @@
-"""Django's stock middleware run inline under ASGI (chatproject.async_middleware): the same
+"""Django's stock middleware run inline under ASGI (core.async_middleware): the same
 behaviour, without a thread hop per hook."""
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ from django.test import AsyncClient
 
 import accounts.errors
 import ai.errors
-from chatproject.errors import CATALOG, PayloadTooLarge, ServiceError, database_error
 from conversations import services
 from conversations.streaming import views
+from core.errors import CATALOG, PayloadTooLarge, ServiceError, database_error
 
 
 def _all_subclasses(cls: type) -> set[type]:

@@ -1,4 +1,4 @@
-"""chatproject.sql: the turn's hot statements, checked against what the ORM reads and
+"""core.sql: the turn's hot statements, checked against what the ORM reads and
 writes on the same database (SQLite in ``make test``, PostgreSQL in CI's second run), and
 each Django internal it relies on, pinned to the Django version it was checked on."""
 
@@ -27,10 +27,10 @@ from ai.models import Quota, Reservation, UsageRecord
 from ai.providers.base import Usage
 from ai.quota.services import quota_get_or_create
 from ai.services import usage_record_build, usage_records_create
-from chatproject import sql
 from conversations.models import Context, Conversation, Message
 from conversations.services import ReplyOutcome, turn_finish
 from conversations.streaming.turn import prepare_turn
+from core import sql
 from tests import factories
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -282,9 +282,9 @@ def test_select_refuses_names_that_are_not_columns(user):
         sql.select(Context, {"user": user.pk}, fields=("name", "conversations"))
 
 
-# --- Django internals chatproject/sql.py relies on (its docstring lists them) ----------------
+# --- Django internals core/sql.py relies on (its docstring lists them) ----------------
 
-UPGRADE = "re-measure (bench/turn_cost.py) and re-check chatproject/sql.py's private API"
+UPGRADE = "re-measure (bench/turn_cost.py) and re-check core/sql.py's private API"
 
 
 def test_pinned_to_the_django_version_it_was_measured_and_checked_on():

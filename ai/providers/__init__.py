@@ -67,7 +67,7 @@ def _build(name: str) -> Provider:
     max_retries = int(getattr(settings, "AI_MAX_RETRIES", 2))
     http_client = configured_http_client()
     if name == "mock":
-        from ai.providers.mock import MockProvider
+        from ai.providers.mock import MockProvider  # noqa: PLC0415 (lazy: only this SDK loads)
 
         return MockProvider(
             model=model, token_delay_ms=float(getattr(settings, "MOCK_TOKEN_DELAY_MS", 30.0))
@@ -77,7 +77,7 @@ def _build(name: str) -> Provider:
         base_url = getattr(settings, "OPENAI_BASE_URL", "") or ""
         if not api_key and not base_url:
             raise AINotConfigured()
-        from ai.providers.openai import OpenAIProvider
+        from ai.providers.openai import OpenAIProvider  # noqa: PLC0415 (lazy: only this SDK loads)
 
         return OpenAIProvider(
             model=model,
@@ -91,7 +91,7 @@ def _build(name: str) -> Provider:
         api_key = getattr(settings, "ANTHROPIC_API_KEY", "") or ""
         if not api_key:
             raise AINotConfigured()
-        from ai.providers.anthropic import AnthropicProvider
+        from ai.providers.anthropic import AnthropicProvider  # noqa: PLC0415 (lazy: only this SDK loads)
 
         return AnthropicProvider(
             model=model,

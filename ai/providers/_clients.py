@@ -49,7 +49,7 @@ def sdk_http_client(sdk: ModuleType, kind: str) -> httpx2.AsyncClient | None:
 
 def _aiohttp_sessions(sdk_client: Any) -> list[Any]:
     try:
-        import aiohttp
+        import aiohttp  # noqa: PLC0415 (optional: the SDKs' [aiohttp] extra)
     except ImportError:  # only the httpx client can be in use
         return []
     http = getattr(sdk_client, "_client", None)  # the SDK's httpx2.AsyncClient

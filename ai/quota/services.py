@@ -33,7 +33,7 @@ replies in flight. A reservation taken in an earlier period leaves ``*_reserved`
 closes but charges nothing: the new period must not pay for a reply admitted against the
 old one. Reads (the Quota resource) are in :mod:`ai.quota.selectors`.
 
-The statements every turn runs are plain SQL (:mod:`chatproject.sql`, for the CPU the ORM
+The statements every turn runs are plain SQL (:mod:`core.sql`, for the CPU the ORM
 spends building them); the rest is the ORM. Every function is sync and runs in the
 caller's transaction when it says "locked"; async callers go through ``db_run``.
 """
@@ -55,7 +55,7 @@ from ai.errors import QuotaExceeded
 from ai.models import Quota, Reservation
 from ai.quota.periods import is_due, new_period
 from ai.quota.selectors import quota_as_dict, quota_default
-from chatproject import sql
+from core import sql
 
 # Retry-After when the period never resets (``none``) and used counters fill the quota.
 RETRY_AFTER_NO_RESET_SECONDS = 86_400
@@ -145,7 +145,7 @@ def quota_reserve_locked(
             data={"quota": quota_as_dict(quota)},
             headers={"Retry-After": str(_retry_after(quota, tokens=tokens, now=now))},
         )
-    # Every turn runs this: plain SQL (chatproject.sql), one UPDATE and one INSERT.
+    # Every turn runs this: plain SQL (core.sql), one UPDATE and one INSERT.
     sql.update(
         Quota,
         {"requests_reserved": sql.Add(1), "tokens_reserved": sql.Add(tokens), "updated_at": now},
@@ -211,7 +211,7 @@ def reservation_close_locked(
     charged_requests = requests if same_period else 0
     charged_tokens = tokens if same_period else 0
     status = Reservation.Status.SETTLED if requests or tokens else Reservation.Status.RELEASED
-    # Every turn runs these two: plain SQL (chatproject.sql).
+    # Every turn runs these two: plain SQL (core.sql).
     closed = sql.update(
         Reservation,
         {

@@ -22,11 +22,11 @@ from typing import Any
 
 from django.conf import settings
 
-from chatproject.db import db_run
 from conversations.services import replies_checkpoint
 from conversations.streaming.live import registry
 from conversations.streaming.recovery import sweep
 from conversations.streaming.remote import listen, relay_enabled
+from core.db import db_run
 
 logger = logging.getLogger("conversations.background")
 

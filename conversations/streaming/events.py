@@ -24,8 +24,8 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from ai.providers.base import Usage
-from chatproject.errors import error_kind
 from conversations.models import Message
+from core.errors import error_kind
 
 METADATA_ID = 1
 TYPING_START_ID = 2

@@ -13,15 +13,15 @@ from collections.abc import AsyncIterator
 
 from django.conf import settings
 
-from chatproject import metrics
-from chatproject.db import db_run
-from chatproject.errors import ServiceError
 from conversations.models import Message
 from conversations.services import message_request_cancel
 from conversations.streaming.events import Event
 from conversations.streaming.live import Generation, followers, iter_events, registry
 from conversations.streaming.remote import request_remote_cancel
 from conversations.streaming.stored import follow_stored
+from core import metrics
+from core.db import db_run
+from core.errors import ServiceError
 
 logger = logging.getLogger("conversations.turn")
 

@@ -17,7 +17,6 @@ from django.conf import settings
 
 from ai.providers.base import Usage
 from ai.quota.selectors import quota_snapshot
-from chatproject.db import db_run
 from conversations.models import Message
 from conversations.streaming.events import (
     KEEPALIVE_EVENT,
@@ -29,6 +28,7 @@ from conversations.streaming.events import (
 )
 from conversations.streaming.live import WORKER_ID
 from conversations.streaming.remote import RelayLost, follow_remote, relay_enabled
+from core.db import db_run
 from flows.selectors import flows_of_message
 from flows.serializers import flow_to_dict
 

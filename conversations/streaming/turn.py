@@ -30,9 +30,6 @@ from ai.providers.base import (
     estimate_tokens,
 )
 from ai.quota.services import quota_release
-from chatproject import metrics
-from chatproject.db import db_run
-from chatproject.errors import InvalidRequest, ServiceError
 from conversations.models import Message
 from conversations.serializers import ChatTurnInputSerializer
 from conversations.services import (
@@ -44,6 +41,9 @@ from conversations.services import (
 )
 from conversations.streaming.events import TYPING_STOP, trailing_events
 from conversations.streaming.live import WORKER_ID, Generation, TurnResult, registry
+from core import metrics
+from core.db import db_run
+from core.errors import InvalidRequest, ServiceError
 from flows.extraction import flows_extract
 from flows.serializers import flow_to_dict
 

@@ -4,7 +4,7 @@
 Plain async Django views (DRF's views are sync): they authenticate by the one path of
 every transport (:mod:`accounts.requests`), validate with DRF serializers, and answer
 every problem before the first byte as JSON with ``detail`` and ``code`` (the status of
-the code in :data:`chatproject.errors.CATALOG`). The events are encoded by
+the code in :data:`core.errors.CATALOG`). The events are encoded by
 :mod:`.transports.sse`. Each view makes at most one thread hop for its database work
 before the stream starts.
 """
@@ -27,15 +27,6 @@ from django.views.decorators.csrf import csrf_exempt
 
 from accounts.requests import request_user
 from ai.providers.base import Provider
-from chatproject import metrics
-from chatproject.db import db_run
-from chatproject.errors import (
-    InvalidRequest,
-    PayloadTooLarge,
-    ServiceError,
-    database_error,
-    error_kind,
-)
 from conversations import selectors
 from conversations.models import Message
 from conversations.serializers import message_to_dict
@@ -45,6 +36,15 @@ from conversations.streaming.live import Generation, TurnResult, iter_events
 from conversations.streaming.replies import reply_cancel, reply_follow
 from conversations.streaming.transports.sse import event_stream_response
 from conversations.streaming.turn import prepare_turn, start_generation
+from core import metrics
+from core.db import db_run
+from core.errors import (
+    InvalidRequest,
+    PayloadTooLarge,
+    ServiceError,
+    database_error,
+    error_kind,
+)
 
 logger = logging.getLogger("conversations.turn")
 
@@ -90,7 +90,7 @@ def _prepare(request: HttpRequest) -> tuple[PreparedTurn, Provider]:
 
 async def _db(func: Callable[..., T], *args: Any) -> T:
     """``db_run``, with a database failure as its :class:`ServiceError` (an unreachable
-    database: 503 ``database_unavailable``; see :func:`chatproject.errors.database_error`)."""
+    database: 503 ``database_unavailable``; see :func:`core.errors.database_error`)."""
     try:
         return await db_run(func, *args)
     except DatabaseError as exc:

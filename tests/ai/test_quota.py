@@ -26,7 +26,7 @@ from ai.quota.services import (
     reservations_release_stale,
 )
 from ai.services import usage_record_create
-from chatproject.errors import ServiceError
+from core.errors import ServiceError
 from tests import factories
 from tests.ai.quota_turns import reserve, settle
 

@@ -80,7 +80,7 @@ def test_not_blank_pattern_is_exactly_what_trimming_keeps(api, data):
     import re
     import sys
 
-    from chatproject.fields import NOT_BLANK_PATTERN
+    from core.fields import NOT_BLANK_PATTERN
 
     pattern = re.compile(NOT_BLANK_PATTERN)
     for code in range(sys.maxunicode + 1):
@@ -246,7 +246,7 @@ def test_schema_and_docs(api, client):
     import re
     import sys
 
-    from chatproject.fields import NOT_BLANK_PATTERN
+    from core.fields import NOT_BLANK_PATTERN
 
     ours, published = re.compile(NOT_BLANK_PATTERN), re.compile(context_name["pattern"])
     for code in (*range(0x3001), 0xFEFF, sys.maxunicode):

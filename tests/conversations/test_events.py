@@ -18,8 +18,6 @@ import pytest
 from channels.layers import get_channel_layer
 
 from ai.providers.base import Usage
-from chatproject.db import db_run
-from chatproject.errors import CATALOG
 from conversations.models import Message
 from conversations.streaming.events import (
     CHUNK,
@@ -34,6 +32,8 @@ from conversations.streaming.live import Generation, iter_events, registry
 from conversations.streaming.remote import RelayLost, follow_remote, group_name, listen
 from conversations.streaming.remote import worker_channel as worker_channel_name
 from conversations.streaming.stored import follow_stored, stored_metadata, stored_trailing
+from core.db import db_run
+from core.errors import CATALOG
 from tests import factories
 
 TEXT = "Hello world"

@@ -26,7 +26,6 @@ from django.utils import timezone
 
 from ai.models import Quota, Reservation, UsageRecord
 from ai.providers.base import Usage
-from chatproject.errors import Conflict, NotFound, ServiceError
 from conversations.models import Context, Conversation, Message
 from conversations.services import (
     PreparedTurn,
@@ -38,6 +37,7 @@ from conversations.services import (
 )
 from conversations.streaming.recovery import messages_interrupt_stale
 from conversations.streaming.turn import prepare_turn
+from core.errors import Conflict, NotFound, ServiceError
 from tests import factories
 
 pytestmark = pytest.mark.django_db(transaction=True)

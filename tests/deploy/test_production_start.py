@@ -12,7 +12,7 @@ environment built from scratch (:func:`tests.deploy.runner.production_environmen
 - daphne without ``collectstatic`` (or with a manifest older than the code) refuses to
   start and names the command; after it, the chat page and the admin answer 200.
 
-The checks themselves (``chatproject/checks.py``) are also run in-process against other
+The checks themselves (``core/checks.py``) are also run in-process against other
 ``MIDDLEWARE`` lists.
 """
 
@@ -31,7 +31,7 @@ import pytest
 from django.core.checks import Warning
 from django.core.checks.security import base, csrf
 
-from chatproject.checks import check_middleware_subclasses, check_static_files
+from core.checks import check_middleware_subclasses, check_static_files
 from tests.deploy.runner import ROOT, production_environment
 from tests.e2e.server import free_port
 
@@ -187,7 +187,7 @@ def test_daphne_refuses_to_start_without_collected_static_files(
 ) -> None:
     assert manage(prod_env, "migrate", "--noinput").returncode == 0
     output = refused_start(prod_env)
-    assert "chatproject.E001" in output
+    assert "core.E001" in output
     assert "The collected static files are missing" in output
     assert "python manage.py collectstatic --noinput" in output
 
@@ -239,10 +239,10 @@ def test_daphne_refuses_to_start_on_a_stale_manifest(
 # --- the checks, in-process -------------------------------------------------------------------
 
 ASYNC_MIDDLEWARE = [
-    "chatproject.async_middleware.AsyncSecurityMiddleware",
-    "chatproject.async_middleware.AsyncSessionMiddleware",
-    "chatproject.async_middleware.AsyncCsrfViewMiddleware",
-    "chatproject.async_middleware.AsyncXFrameOptionsMiddleware",
+    "core.async_middleware.AsyncSecurityMiddleware",
+    "core.async_middleware.AsyncSessionMiddleware",
+    "core.async_middleware.AsyncCsrfViewMiddleware",
+    "core.async_middleware.AsyncXFrameOptionsMiddleware",
 ]
 STOCK_MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -276,9 +276,9 @@ def test_stock_middleware_findings_are_left_to_django(settings) -> None:
 
 
 def test_missing_middleware_is_reported_under_the_project_ids(settings) -> None:
-    settings.MIDDLEWARE = ["chatproject.async_middleware.AsyncSessionMiddleware"]
+    settings.MIDDLEWARE = ["core.async_middleware.AsyncSessionMiddleware"]
     found = check_middleware_subclasses()
-    assert [m.id for m in found] == ["chatproject.W001", "chatproject.W002", "chatproject.W003"]
+    assert [m.id for m in found] == ["core.W001", "core.W002", "core.W003"]
     assert all(isinstance(m, Warning) for m in found)
     assert found[0].msg == base.W001.msg
 
@@ -294,7 +294,7 @@ def test_static_files_check_only_applies_to_the_manifest_storage(settings, tmp_p
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "web.storage.ManifestStaticStorage"},
     }
-    assert [m.id for m in check_static_files()] == ["chatproject.E001"]
+    assert [m.id for m in check_static_files()] == ["core.E001"]
 
 
 @pytest.mark.django_db

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from chatproject.errors import CATALOG
+from core.errors import CATALOG
 from tests import factories
 from tests.sse_client import stream
 

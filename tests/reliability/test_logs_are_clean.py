@@ -17,7 +17,7 @@ import uuid
 import httpx
 import pytest
 
-from chatproject.errors import CATALOG
+from core.errors import CATALOG
 from tests import factories
 from tests.e2e.server import DaphneServer
 from tests.fakes.openai_server import FakeOpenAIServer, OpenAIScript, error_body, rate_limited

@@ -14,8 +14,8 @@ from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 
-from chatproject.errors import ServiceError
 from conversations.streaming.events import CHUNK
+from core.errors import ServiceError
 
 _dumps = DjangoJSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _dumps_ascii = DjangoJSONEncoder(ensure_ascii=True, separators=(",", ":")).encode

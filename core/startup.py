@@ -17,9 +17,9 @@ from typing import Any
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
-from chatproject.checks import check_static_files
+from core.checks import check_static_files
 
-logger = logging.getLogger("chatproject.startup")
+logger = logging.getLogger("core.startup")
 
 #: Checks run only at server start (``migrate`` and ``collectstatic`` must work without
 #: them passing); an error of theirs stops the process.

@@ -1,6 +1,6 @@
 """Small HTTP helpers every app shares: ids and filters from the query string.
 
-Bad input answers 400 naming the parameter (:class:`~chatproject.errors.InvalidRequest`);
+Bad input answers 400 naming the parameter (:class:`~core.errors.InvalidRequest`);
 an id that is not a UUID is simply not found (callers answer 404).
 """
 
@@ -10,7 +10,7 @@ import uuid
 
 from rest_framework.request import Request
 
-from chatproject.errors import InvalidRequest
+from core.errors import InvalidRequest
 
 
 def parse_uuid(value: object) -> uuid.UUID | None:

@@ -10,7 +10,7 @@ answer of a failed turn, and the provider error mapping of :mod:`ai.errors`.
 This module imports nothing of DRF's views: DRF's ``APIView`` reads the authentication
 classes from the settings while its module loads, and those import this one. The DRF
 exception handler, which renders these errors for the REST API, lives in
-:mod:`chatproject.exception_handler`.
+:mod:`core.exception_handler`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import JsonResponse
 
-logger = logging.getLogger("chatproject.errors")
+logger = logging.getLogger("core.errors")
 
 
 @dataclass(frozen=True, slots=True)

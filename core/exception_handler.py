@@ -1,6 +1,6 @@
 """The one DRF exception handler: every error body has ``detail`` and ``code``.
 
-Kept apart from :mod:`chatproject.errors` because it imports ``rest_framework.views``,
+Kept apart from :mod:`core.errors` because it imports ``rest_framework.views``,
 whose ``APIView`` imports the authentication classes named in the settings, which import
 the error types: in one module that is an import cycle (it crashed start-up with OIDC on).
 """
@@ -16,7 +16,7 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from chatproject.errors import ServiceError, database_error
+from core.errors import ServiceError, database_error
 
 
 def _drf_code(exc: exceptions.APIException) -> str:

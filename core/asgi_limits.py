@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from chatproject.errors import PayloadTooLarge
+from core.errors import PayloadTooLarge
 
 Scope = dict[str, Any]
 Message = dict[str, Any]

@@ -2,24 +2,24 @@
 
 Django's security checks (``manage.py check --deploy``) look for its middleware by dotted
 path in ``MIDDLEWARE``; this project runs subclasses of them
-(``chatproject.async_middleware``). Django then reports them missing (security.W001,
+(``core.async_middleware``). Django then reports them missing (security.W001,
 W002, W003: silenced in settings) and, believing them absent, skips every finding that
 depends on them: no HSTS, no HTTPS redirect, no secure CSRF cookie... The deploy check
 below finds the middleware by class and reports those findings with Django's own
 messages and ids (``security.W004``, ``W008``, ``W016``, ...); a middleware that really
-is missing is reported under ``chatproject.W001``-``W003`` (Django's words), since the
+is missing is reported under ``core.W001``-``W003`` (Django's words), since the
 ``security.*`` ids are silenced.
 
 ==================  ===========================================================
-chatproject.W001    no ``SecurityMiddleware`` (nor a subclass) in ``MIDDLEWARE``
-chatproject.W002    no ``XFrameOptionsMiddleware`` (nor a subclass)
-chatproject.W003    no ``CsrfViewMiddleware`` (nor a subclass)
-chatproject.E001    collected static files missing or stale (run at server start only)
+core.W001    no ``SecurityMiddleware`` (nor a subclass) in ``MIDDLEWARE``
+core.W002    no ``XFrameOptionsMiddleware`` (nor a subclass)
+core.W003    no ``CsrfViewMiddleware`` (nor a subclass)
+core.E001    collected static files missing or stale (run at server start only)
 ==================  ===========================================================
 
 The static files check is not registered: ``migrate`` and ``collectstatic`` run system
 checks too and must work before anything was collected. The server start
-(``chatproject.startup``) runs it and refuses to serve without the files.
+(``core.startup``) runs it and refuses to serve without the files.
 """
 
 from __future__ import annotations
@@ -100,17 +100,17 @@ def check_middleware_subclasses(app_configs: Any = None, **kwargs: Any) -> list[
     middleware = list(settings.MIDDLEWARE)
 
     if not middleware_installed(SECURITY_MIDDLEWARE):
-        found.append(_reissued(base.W001, "chatproject.W001"))
+        found.append(_reissued(base.W001, "core.W001"))
     elif SECURITY_MIDDLEWARE not in middleware:
         found.extend(_security_findings())
 
     if not middleware_installed(XFRAME_MIDDLEWARE):
-        found.append(_reissued(base.W002, "chatproject.W002"))
+        found.append(_reissued(base.W002, "core.W002"))
     elif XFRAME_MIDDLEWARE not in middleware and settings.X_FRAME_OPTIONS != "DENY":
         found.append(base.W019)
 
     if not middleware_installed(CSRF_MIDDLEWARE):
-        found.append(_reissued(csrf.W003, "chatproject.W003"))
+        found.append(_reissued(csrf.W003, "core.W003"))
     elif (
         CSRF_MIDDLEWARE not in middleware
         and not settings.CSRF_USE_SESSIONS
@@ -156,7 +156,7 @@ def check_static_files(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
                 f"STATIC_ROOT ({settings.STATIC_ROOT}). The admin and the chat page would "
                 "answer 500.",
                 hint=hint,
-                id="chatproject.E001",
+                id="core.E001",
             )
         ]
     try:
@@ -179,7 +179,7 @@ def check_static_files(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
                 f"are not in STATIC_ROOT ({settings.STATIC_ROOT}): {shown}. The pages "
                 "naming them would answer 500.",
                 hint=hint,
-                id="chatproject.E001",
+                id="core.E001",
             )
         ]
     return []

@@ -1,7 +1,7 @@
 """OpenAPI: the error bodies every REST operation can answer, documented once.
 
 Every error the API answers is ``{"detail", "code", "errors"?}`` (see
-:mod:`chatproject.errors`). drf-spectacular only documents the success response, so a
+:mod:`core.errors`). drf-spectacular only documents the success response, so a
 client (or a schema fuzzer) reading ``/api/v1/schema/`` would not know that a malformed
 body answers 400, a missing token 401, a session write without its CSRF token 403, and
 another user's id 404. :class:`ErrorResponsesAutoSchema` adds those responses with the
