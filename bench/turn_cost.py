@@ -78,8 +78,8 @@ def main() -> None:
 
     from ai.providers.base import Usage
     from conversations.models import Message
-    from conversations.services import ReplyOutcome, turn_finish
     from conversations.streaming.views import _prepare
+    from conversations.turn_finish import ReplyOutcome, turn_finish
 
     call_command("migrate", verbosity=0)
     out = StringIO()

@@ -1,5 +1,8 @@
 """``make cluster``: N daphne processes on PostgreSQL and Redis behind a private nginx.
 
+Over 350 lines on purpose: a standalone script (process supervision, config rendering and
+the database set-up of one command), imported by nothing but its test.
+
 The scale-out set-up of docs/operations.md on one machine, to try it: daphne processes on
 127.0.0.1 (ports from ``--daphne-port``, default 8001, 8002, ...), one nginx run with its
 own prefix and generated config in a temporary folder (``nginx -p <tmp> -c

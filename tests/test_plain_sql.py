@@ -28,8 +28,8 @@ from ai.providers.base import Usage
 from ai.quota.services import quota_get_or_create
 from ai.services import usage_record_build, usage_records_create
 from conversations.models import Context, Conversation, Message
-from conversations.services import ReplyOutcome, turn_finish
 from conversations.streaming.turn import prepare_turn
+from conversations.turn_finish import ReplyOutcome, turn_finish
 from core import sql
 from tests import factories
 

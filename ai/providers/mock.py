@@ -1,5 +1,7 @@
 """The offline mock provider: no network, deterministic, good enough for a first try.
 
+Over 350 lines on purpose: the test hooks ([[mock:...]]) live with the replies they shape.
+
 Replies type themselves at ``MOCK_TOKEN_DELAY_MS`` per word-sized delta (spaces kept,
 so the deltas concatenate to the reply), name the context taken from the system prompt
 ("You are an assistant for the user's X context") and acknowledge the tasks the user

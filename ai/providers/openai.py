@@ -1,5 +1,8 @@
 """The OpenAI adapter (also for any OpenAI-compatible server through ``OPENAI_BASE_URL``).
 
+Over 350 lines on purpose: one adapter is one vendor's wire format, its error mapping and
+the fallbacks for the compatible servers it meets; split, each piece would need the others.
+
 The SDK (``AsyncOpenAI``) makes the request: auth, retries, timeouts and status errors
 (``client.post`` with a plain JSON body, skipping the SDK's costly parameter transform).
 The streamed body is then read as raw SSE lines and parsed with ``json.loads``, which is

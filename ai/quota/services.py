@@ -1,6 +1,7 @@
 """Quota writes: a reply's reservation from the turn's start to its end, releases, resets.
 
-The path every reply takes (the turn's two transactions are in ``conversations.services``):
+The path every reply takes (the turn's two transactions are ``conversations.turn_start``
+and ``conversations.turn_finish``):
 
 1. **Reserve**, in the turn's first transaction (``turn_prepare``). :func:`quota_lock`
    comes first: the user's quota row, created on first use, locked until the transaction

@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 
-from conversations.services import ReplyOutcome
 from conversations.streaming.events import KEEPALIVE_EVENT, Cursor, Event, Trailing
+from conversations.turn_finish import ReplyOutcome
 
 logger = logging.getLogger(__name__)
 

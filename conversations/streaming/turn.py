@@ -32,15 +32,10 @@ from ai.providers.base import (
 from ai.quota.services import quota_release
 from conversations.models import Message
 from conversations.serializers import ChatTurnInputSerializer
-from conversations.services import (
-    PreparedTurn,
-    ReplyOutcome,
-    TurnRequest,
-    turn_finish,
-    turn_prepare,
-)
 from conversations.streaming.events import TYPING_STOP, trailing_events
 from conversations.streaming.live import WORKER_ID, Generation, TurnResult, registry
+from conversations.turn_finish import ReplyOutcome, turn_finish
+from conversations.turn_start import PreparedTurn, TurnRequest, turn_prepare
 from core import metrics
 from core.db import db_run
 from core.errors import InvalidRequest, ServiceError

@@ -30,12 +30,12 @@ from ai.providers.base import Provider
 from conversations import selectors
 from conversations.models import Message
 from conversations.serializers import message_to_dict
-from conversations.services import PreparedTurn
 from conversations.streaming.events import error_data, parse_last_event_id
 from conversations.streaming.live import Generation, TurnResult, iter_events
 from conversations.streaming.replies import reply_cancel, reply_follow
 from conversations.streaming.transports.sse import event_stream_response
 from conversations.streaming.turn import prepare_turn, start_generation
+from conversations.turn_start import PreparedTurn
 from core import metrics
 from core.db import db_run
 from core.errors import (

@@ -1,5 +1,5 @@
 """A turn's quota writes without the rest of the turn: the same locked functions, in the
-same transactions, as ``conversations.services.turn_prepare`` and ``turn_finish`` run."""
+same transactions, as ``conversations.turn_start.turn_prepare`` and ``turn_finish`` run."""
 
 from __future__ import annotations
 

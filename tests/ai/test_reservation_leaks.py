@@ -14,11 +14,12 @@ from ai.models import Quota, Reservation
 from ai.providers import get_provider
 from ai.providers.base import Usage
 from conversations.models import Message
-from conversations.services import PreparedTurn, ReplyOutcome
 from conversations.streaming import turn as turn_module
 from conversations.streaming.background import sweep_forever
 from conversations.streaming.recovery import reservation_max_age, sweep
 from conversations.streaming.turn import prepare_turn
+from conversations.turn_finish import ReplyOutcome
+from conversations.turn_start import PreparedTurn
 from tests import factories
 from tests.ai.quota_turns import reserve
 

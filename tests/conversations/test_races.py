@@ -27,16 +27,11 @@ from django.utils import timezone
 from ai.models import Quota, Reservation, UsageRecord
 from ai.providers.base import Usage
 from conversations.models import Context, Conversation, Message
-from conversations.services import (
-    PreparedTurn,
-    ReplyOutcome,
-    context_delete,
-    conversation_delete,
-    message_request_cancel,
-    turn_finish,
-)
+from conversations.services import context_delete, conversation_delete, message_request_cancel
 from conversations.streaming.recovery import messages_interrupt_stale
 from conversations.streaming.turn import prepare_turn
+from conversations.turn_finish import ReplyOutcome, turn_finish
+from conversations.turn_start import PreparedTurn
 from core.errors import Conflict, NotFound, ServiceError
 from tests import factories
 

@@ -1,0 +1,252 @@
+"""The chat turn's last transaction: store how the reply ended, its flows and usage, and
+settle the quota reservation, only if the reply is still streaming (docs/api.md#persistence)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from ai.models import UsageRecord
+from ai.providers.base import Usage
+from ai.quota.selectors import quota_snapshot
+from ai.quota.services import reservation_close_locked
+from ai.services import usage_record_build, usage_records_create
+from conversations.models import Context, Conversation, Message
+from conversations.turn_start import PreparedTurn
+from core import sql
+from flows.extraction import FlowDraft
+from flows.models import Flow
+from flows.services import flows_store
+
+logger = logging.getLogger("conversations.turn")
+
+
+@dataclass(slots=True)
+class ReplyOutcome:
+    """How a reply ended, as stored."""
+
+    status: str
+    finish_reason: str
+    content: str
+    usage: Usage
+    error_code: str = ""
+    error_retryable: bool = False
+    duration_ms: int = 0
+
+
+def reply_tokens_charged(outcome: ReplyOutcome) -> int:
+    """Tokens a reply counts against the quota (docs/api.md#quota).
+
+    A complete or cancelled reply counts what the provider used; a failed one only the
+    output that was delivered (nothing when it failed before any output).
+    """
+    if outcome.status in (Message.Status.COMPLETE, Message.Status.CANCELLED):
+        return outcome.usage.total
+    return outcome.usage.output_tokens if outcome.content else 0
+
+
+def turn_finish(
+    *,
+    turn: PreparedTurn,
+    outcome: ReplyOutcome,
+    drafts: list[FlowDraft],
+    extraction_usage: Usage | None,
+    extraction_error: str = "",
+) -> tuple[list[Flow], dict[str, Any]]:
+    """The turn's last write, in one transaction: the reply's final text, status and usage,
+    the extracted flows, the quota settled, and the usage ledger.
+
+    A request is consumed only by a complete reply; tokens for the reply and extraction
+    (see :func:`reply_tokens_charged`). The ledger says what was really charged: nothing
+    when the reservation was closed already or taken in an earlier quota period. Returns
+    the stored flows and the quota afterwards.
+
+    The reply is finished only if it is still ``streaming``: one the stale-reply sweeper
+    marked ``interrupted`` meanwhile (its heartbeat stalled) keeps that verdict, and one
+    that was deleted stays deleted (see :func:`_turn_lost`; ``outcome`` then says what
+    is stored).
+    """
+    message = turn.assistant_message
+    with transaction.atomic():
+        finished = sql.update(
+            Message,
+            {
+                "content": outcome.content,
+                "status": outcome.status,
+                "finish_reason": outcome.finish_reason,
+                "error_code": outcome.error_code,
+                "error_retryable": outcome.error_retryable,
+                "input_tokens": outcome.usage.input_tokens,
+                "output_tokens": outcome.usage.output_tokens,
+                "usage_estimated": outcome.usage.estimated,
+                "updated_at": timezone.now(),
+            },
+            {"id": message.pk, "status": Message.Status.STREAMING},
+        )
+        if not finished:
+            return [], _turn_lost(
+                turn=turn,
+                outcome=outcome,
+                extraction_usage=extraction_usage,
+                extraction_error=extraction_error,
+            )
+        flows = flows_store(
+            user_id=message.user_id,
+            context_id=turn.context_id,
+            conversation_id=message.conversation_id,
+            source_message_id=message.id,
+            drafts=drafts,
+        )
+        extraction = _extraction_used(extraction_usage, extraction_error)
+        tokens = reply_tokens_charged(outcome) + (extraction.total if extraction else 0)
+        settled = reservation_close_locked(
+            user=message.user,
+            reservation_id=turn.reservation_id,
+            reserved=turn.reserved,
+            requests=1 if outcome.status == Message.Status.COMPLETE else 0,
+            tokens=tokens,
+        )
+        charged = settled is not None and settled.tokens_charged == tokens
+        usage_records_create(  # one INSERT for the reply and the extraction
+            _ledger_lines(
+                turn=turn,
+                outcome=outcome,
+                reply_outcome=outcome.status,
+                extraction=extraction,
+                extraction_error=extraction_error,
+                charged=charged,
+                links=(message.conversation.context, message.conversation, message),
+            )
+        )
+        return flows, settled.quota if settled is not None else quota_snapshot(user=message.user)
+
+
+def _extraction_used(usage: Usage | None, error: str) -> Usage | None:
+    """The extraction's usage if one ran (an error counts as one that used nothing)."""
+    return usage or Usage() if usage is not None or error else None
+
+
+def _ledger_lines(
+    *,
+    turn: PreparedTurn,
+    outcome: ReplyOutcome,
+    reply_outcome: str,
+    extraction: Usage | None,
+    extraction_error: str,
+    charged: bool,
+    links: tuple[Context | None, Conversation | None, Message | None],
+) -> list[UsageRecord]:
+    """The usage ledger's lines of a turn: the reply's and, if one ran, the extraction's;
+    ``charged`` says whether their tokens were counted against the quota."""
+    message = turn.assistant_message
+    context, conversation, stored = links
+    common = {
+        "user": message.user,
+        "context": context,
+        "conversation": conversation,
+        "message": stored,
+        "provider": message.provider,
+        "model": message.model,
+    }
+    lines = [
+        usage_record_build(
+            **common,
+            purpose="reply",
+            input_tokens=outcome.usage.input_tokens,
+            output_tokens=outcome.usage.output_tokens,
+            estimated=outcome.usage.estimated,
+            tokens_charged=reply_tokens_charged(outcome) if charged else 0,
+            outcome=reply_outcome,
+            error_code=outcome.error_code,
+            duration_ms=outcome.duration_ms,
+        )
+    ]
+    if extraction is not None:
+        lines.append(
+            usage_record_build(
+                **common,
+                purpose="extraction",
+                input_tokens=extraction.input_tokens,
+                output_tokens=extraction.output_tokens,
+                estimated=extraction.estimated,
+                tokens_charged=extraction.total if charged else 0,
+                outcome="failed" if extraction_error else "complete",
+                error_code=extraction_error,
+            )
+        )
+    return lines
+
+
+def _turn_lost(
+    *,
+    turn: PreparedTurn,
+    outcome: ReplyOutcome,
+    extraction_usage: Usage | None,
+    extraction_error: str,
+) -> dict[str, Any]:
+    """Finish a turn whose reply is no longer ``streaming`` (in the caller's transaction);
+    the quota afterwards.
+
+    Interrupted by the sweeper: its reservation was released with it, so nothing is
+    charged now (neither twice nor after the release). Deleted with its conversation:
+    the reservation, if still held, is released. Either way nothing is stored over the
+    reply, no flows are kept, and the ledger records the calls with nothing charged, so
+    the counters still equal the ledger. ``outcome`` is set to what is stored (for a reply
+    that is gone: ``interrupted``), so the client hears what a resume would replay.
+    """
+    message = turn.assistant_message
+    found = sql.select(Message, {"id": message.pk}, fields=_REPLY_END)
+    if found:
+        stored = found[0]
+        outcome.status, outcome.finish_reason = stored.status, stored.finish_reason
+        outcome.error_code, outcome.error_retryable = stored.error_code, stored.error_retryable
+        outcome.content = stored.content
+        links: tuple[Context | None, Conversation | None, Message | None] = (
+            message.conversation.context,
+            message.conversation,
+            stored,
+        )
+    else:
+        outcome.status = Message.Status.INTERRUPTED
+        outcome.finish_reason = Message.FinishReason.INTERRUPTED
+        outcome.error_code, outcome.error_retryable = "internal_error", True
+        conversation = sql.select(Conversation, {"id": turn.conversation_id}, fields=("id",))
+        context = sql.select(Context, {"id": turn.context_id}, fields=("id",))
+        links = (context[0] if context else None, conversation[0] if conversation else None, None)
+    released = reservation_close_locked(
+        user=message.user, reservation_id=turn.reservation_id, requests=0, tokens=0
+    )
+    reply_outcome = (
+        outcome.status
+        if outcome.status in UsageRecord.Outcome.values
+        else UsageRecord.Outcome.INTERRUPTED
+    )
+    usage_records_create(
+        _ledger_lines(
+            turn=turn,
+            outcome=outcome,
+            reply_outcome=reply_outcome,
+            extraction=_extraction_used(extraction_usage, extraction_error),
+            extraction_error=extraction_error,
+            charged=False,
+            links=links,
+        )
+    )
+    logger.warning(
+        "turn.finish_lost",
+        extra={
+            "message_id": str(message.pk),
+            "conversation_id": str(turn.conversation_id),
+            "stored_status": outcome.status if found else "gone",
+            "reservation_released": released is not None,
+        },
+    )
+    return released.quota if released is not None else quota_snapshot(user=message.user)
+
+
+#: The fields of a reply that say how it ended.
+_REPLY_END = ("id", "content", "status", "finish_reason", "error_code", "error_retryable")

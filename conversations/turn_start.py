@@ -1,0 +1,186 @@
+"""The chat turn's first transaction: check, store the user message and the empty reply,
+reserve quota (docs/api.md#persistence). Called from the async turn through ``db_run``."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from ai.prompts import model_prompt_tokens, system_prompt_for
+from ai.providers.base import ChatMessage
+from ai.quota.selectors import quota_as_dict
+from ai.quota.services import quota_lock, quota_reserve_locked
+from conversations.models import Context, Conversation, Message
+from conversations.selectors import history_for_model
+from core import sql
+from core.errors import Conflict, InvalidRequest, NotFound, ServiceError
+
+
+@dataclass(slots=True)
+class PreparedTurn:
+    """What the turn needs after its pre-stream checks and first writes."""
+
+    user_id: int
+    context_id: uuid.UUID
+    context_name: str
+    #: The server's system prompt for this turn (the context's name and instructions).
+    system: str
+    conversation_id: uuid.UUID
+    user_message: Message
+    assistant_message: Message
+    reservation_id: uuid.UUID
+    history: list[ChatMessage]
+    quota: dict[str, Any]
+    #: The reservation's tokens and quota period, as made (settling needs not read it back).
+    reserved: tuple[int, datetime] | None = None
+
+
+#: The context's fields a turn reads (the system prompt, the metadata event).
+_TURN_CONTEXT = ("id", "user", "name", "instructions")
+
+
+def _resolve_conversation(
+    *,
+    user: AbstractBaseUser,
+    context_id: uuid.UUID | None,
+    conversation_id: uuid.UUID | None,
+    first_text: str,
+) -> tuple[Context, Conversation, bool]:
+    """The turn's context and conversation (created when only a context is given), and
+    whether the conversation was created. Plain SQL (every turn runs it): the context is
+    loaded with the fields a turn uses (the others are deferred)."""
+    if conversation_id:
+        found = sql.select(Conversation, {"id": conversation_id, "user": user.pk})
+        if not found:
+            raise NotFound("Conversation not found.")
+        conversation = found[0]
+        if context_id and conversation.context_id != context_id:
+            raise InvalidRequest({"context_id": ["Does not match the conversation's context."]})
+        context = sql.select(Context, {"id": conversation.context_id}, fields=_TURN_CONTEXT)[0]
+        conversation.context = context
+        return context, conversation, False
+    found = sql.select(Context, {"id": context_id, "user": user.pk}, fields=_TURN_CONTEXT)
+    if not found:
+        raise NotFound("Context not found.")
+    context = found[0]
+    title = " ".join(first_text.split())[:80]
+    conversation = Conversation(user=user, context=context, title=title)
+    sql.insert([conversation])
+    return context, conversation, True
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRequest:
+    """A validated chat body (either shape), and who generates the reply."""
+
+    context_id: uuid.UUID | None
+    conversation_id: uuid.UUID | None
+    #: The new user message.
+    content: str
+    #: The history the client sent, ending with the new message; ``None``: the stored one.
+    client_history: list[ChatMessage] | None
+    provider: str
+    model: str
+    worker: str
+
+
+def turn_reservation_tokens(system: str, history: list[ChatMessage]) -> int:
+    """Tokens a turn reserves: the prompt the model will see, plus the longest reply."""
+    return model_prompt_tokens(system, history) + settings.AI_MAX_OUTPUT_TOKENS
+
+
+def turn_prepare(*, user: AbstractBaseUser, request: TurnRequest) -> PreparedTurn:
+    """Check and start a turn in one transaction (docs/api.md#checks-before-the-stream).
+
+    Ownership (404), a reply already streaming into the conversation (409
+    ``conversation_busy``), too many open streams (429 ``too_many_streams``, past
+    ``CHAT_MAX_CONCURRENT_STREAMS``) and quota (429 ``quota_exceeded``) are checked; then
+    the user message is stored, the assistant message is stored as ``streaming`` and quota
+    is reserved for the prompt the model will see (the context's system prompt, built here
+    once, and the last ``CHAT_HISTORY_LIMIT`` messages), all or nothing. The quota row is
+    locked first, so one user's concurrent turns are serialized here. Nine to eleven
+    statements, BEGIN and COMMIT included, in plain SQL (:mod:`core.sql`: the ORM's
+    query building cost more CPU than the statements themselves); with
+    :func:`turn_finish`, most of a turn's fixed cost.
+    """
+    content = request.content
+    history_limit = settings.CHAT_HISTORY_LIMIT
+    max_streams = settings.CHAT_MAX_CONCURRENT_STREAMS
+    with transaction.atomic():
+        quota = quota_lock(user=user)
+        context, conversation, created = _resolve_conversation(
+            user=user,
+            context_id=request.context_id,
+            conversation_id=request.conversation_id,
+            first_text=content,
+        )
+        streaming = sql.select_values(
+            Message, "conversation", {"user": user.pk, "status": Message.Status.STREAMING}
+        )
+        if conversation.id in streaming:
+            raise Conflict(
+                "A reply is already streaming into this conversation.", code="conversation_busy"
+            )
+        if len(streaming) >= max_streams:
+            raise ServiceError(
+                f"You have {max_streams} replies streaming; wait for one to finish.",
+                code="too_many_streams",
+                status_code=429,
+                headers={"Retry-After": "5"},
+            )
+        now = timezone.now()
+        if request.client_history is not None:
+            history = request.client_history
+        else:  # the stored history, then the message being sent (it is the newest)
+            earlier = history_for_model(conversation=conversation, limit=max(history_limit - 1, 0))
+            history = [
+                *(ChatMessage(m.role, m.content) for m in earlier),  # type: ignore[arg-type]
+                ChatMessage(Message.Role.USER, content),
+            ][-history_limit:]
+        user_message = Message(
+            user=user,
+            conversation=conversation,
+            role=Message.Role.USER,
+            content=content,
+            created_at=now,
+        )
+        assistant_message = Message(
+            user=user,
+            conversation=conversation,
+            role=Message.Role.ASSISTANT,
+            status=Message.Status.STREAMING,
+            provider=request.provider,
+            model=request.model,
+            worker=request.worker,
+            created_at=now + timedelta(microseconds=1),
+        )
+        sql.insert([user_message, assistant_message])  # one INSERT
+        system = system_prompt_for(context_name=context.name, instructions=context.instructions)
+        reservation = quota_reserve_locked(
+            quota=quota,
+            tokens=turn_reservation_tokens(system, history),
+            message_id=assistant_message.id,
+            now=now,
+        )
+        if not created:  # a new conversation's updated_at is already now
+            sql.update(Conversation, {"updated_at": now}, {"id": conversation.pk})
+        return PreparedTurn(
+            user_id=user.pk,
+            context_id=context.id,
+            context_name=context.name,
+            system=system,
+            conversation_id=conversation.id,
+            user_message=user_message,
+            assistant_message=assistant_message,
+            reservation_id=reservation.pk,
+            reserved=(reservation.tokens, reservation.period_started_at),
+            history=history,
+            quota=quota_as_dict(quota),
+        )
