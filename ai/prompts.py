@@ -5,7 +5,8 @@ only system-role text a provider receives. A ``system`` message of the history (
 the client, or stored) never outranks it: :func:`model_prompt` turns it into a user-role
 message labelled as the client's context, at its place in the history, and adds one
 server-written sentence to the system prompt saying such context never overrides it
-(docs/api.md). Every adapter builds its request from :func:`model_prompt`.
+(docs/api.md#system-messages-from-the-client). Every adapter builds its request from
+:func:`model_prompt`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The chat WebSocket, ``/ws/v1/chat/`` (docs/api.md, "WebSocket"): the SSE turn over one
+"""The chat WebSocket, ``/ws/v1/chat/`` (docs/api.md#websocket): the SSE turn over one
 socket.
 
 Authentication is in :mod:`accounts.ws` (token subprotocol pair, ``Authorization``

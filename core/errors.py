@@ -2,7 +2,7 @@
 
 Every error the service reports has a stable ``code``. :data:`CATALOG` is the one table of
 what a code means: its HTTP status, whether retrying the same request later may succeed,
-and a message safe for clients (docs/api.md, "Errors"). Every transport reads it: JSON
+and a message safe for clients (docs/api.md#errors-and-status-codes). Every transport reads it: JSON
 bodies before a stream starts (``{"detail", "code", ...data}``), the ``error`` event of an
 SSE stream or WebSocket after it started (``{"code", "message", "retryable"}``), the JSON
 answer of a failed turn, and the provider error mapping of :mod:`ai.errors`.
@@ -35,7 +35,7 @@ class ErrorKind:
     message: str
 
 
-#: The one table of error codes (docs/api.md, "Errors").
+#: The one table of error codes (docs/api.md#errors-and-status-codes).
 CATALOG: dict[str, ErrorKind] = {
     kind.code: kind
     for kind in (

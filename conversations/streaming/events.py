@@ -4,7 +4,7 @@ Every source of a reply's events (a generation of this process, :mod:`.live`; th
 database, :mod:`.stored`; another process through the channel layer, :mod:`.remote`)
 yields :class:`Event` objects built here, and every transport (:mod:`.transports.sse`,
 :mod:`.transports.ws`) encodes them. Event ids let a client resume exactly
-(docs/api.md, "Resume"). They are integers that encode the position in the reply, so a
+(docs/api.md#event-ids). They are integers that encode the position in the reply, so a
 replay that merges several missed chunks into one stays exact:
 
 - ``1`` ``metadata``, ``2`` ``typing`` start;

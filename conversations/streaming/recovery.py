@@ -1,4 +1,4 @@
-"""The stale-reply sweeper's work, one round at a time (docs/api.md, "Resume").
+"""The stale-reply sweeper's work, one round at a time (docs/api.md#resume-cancel-disconnect).
 
 A generation touches its message at least every few seconds (its checkpoints are its
 heartbeat). A message still ``streaming`` with no heartbeat for ``CHAT_STALE_SECONDS``

@@ -3,7 +3,7 @@
 A reply is followed from this process's :class:`~.live.Generation` when it runs here,
 else from the database (and the channel layer) by :func:`~.stored.follow_stored`; a cancel
 reaches a generation here at once, one elsewhere through the database flag and the
-channel layer (docs/api.md, "Resume" and "Cancel").
+channel layer (docs/api.md#resume-cancel-disconnect).
 """
 
 from __future__ import annotations

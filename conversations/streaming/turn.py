@@ -1,4 +1,4 @@
-"""The pipeline of one chat turn, after its pre-stream checks (docs/api.md, "Chat turn").
+"""The pipeline of one chat turn, after its pre-stream checks (docs/api.md#the-streaming-turn).
 
 :func:`prepare_turn` validates a body and stores the turn's start (before any byte is
 sent). :func:`start_generation` registers a :class:`~.live.Generation` and runs it as its

@@ -1,5 +1,6 @@
-"""The streaming endpoints: start a turn, resume a reply, cancel a reply (docs/api.md,
-"Chat turn", "Resume", "Cancel").
+"""The streaming endpoints: start a turn, resume a reply, cancel a reply.
+
+See docs/api.md#the-streaming-turn and #resume-cancel-disconnect.
 
 Plain async Django views (DRF's views are sync): they authenticate by the one path of
 every transport (:mod:`accounts.requests`), validate with DRF serializers, and answer
@@ -100,7 +101,7 @@ async def _db(func: Callable[..., T], *args: Any) -> T:
 def wants_event_stream(request: HttpRequest) -> bool:
     """Whether a chat turn answers as an SSE stream (the default) rather than one JSON document.
 
-    Media-type negotiation on ``Accept`` (docs/api.md): the stream unless the client
+    Media-type negotiation on ``Accept`` (docs/api.md#content-negotiation): the stream unless the client
     prefers JSON, that is, ``application/json`` matches a range of higher quality than
     the best range that matches ``text/event-stream``. A missing header, ``*/*`` (curl's
     default), ``text/*``, anything naming ``text/event-stream`` at the top quality, a tie

@@ -25,7 +25,7 @@ from tests.sse_client import stream
 
 pytestmark = pytest.mark.e2e
 
-#: The codes a stream's ``error`` event may carry (docs/api.md, "The SSE stream").
+#: The codes a stream's ``error`` event may carry (docs/api.md#sse-events).
 STREAM_ERROR_CODES = {
     "ai_rate_limited",
     "ai_timeout",

@@ -1,7 +1,7 @@
 """Server-Sent Events: the only place that encodes a reply's events as SSE.
 
 Every event is ``id:``, ``event:`` and one ``data:`` line holding a JSON object whose
-``type`` equals the event name (docs/api.md, "The SSE stream"). JSON escapes newlines and
+``type`` equals the event name (docs/api.md#sse-events). JSON escapes newlines and
 carriage returns, so any text survives in one ``data:`` line. A stream starts with a
 ``retry:`` line; a keep-alive is a comment line.
 """
@@ -80,7 +80,7 @@ async def encode_stream(
 def event_stream_response(
     events: AsyncIterator[Event], *, on_disconnect: Callable[[], None] | None = None
 ) -> StreamingHttpResponse:
-    """An unbuffered SSE response of ``events`` (docs/api.md, "The SSE stream": headers)."""
+    """An unbuffered SSE response of ``events`` (docs/api.md#sse-events: headers)."""
     return StreamingHttpResponse(
         encode_stream(events, on_disconnect=on_disconnect),
         content_type="text/event-stream",

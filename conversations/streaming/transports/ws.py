@@ -3,7 +3,7 @@
 A stream event is ``{"type": <event>, "id": <event id>, ...data}`` (a ``chunk``:
 ``{"type": "chunk", "id": N, "content": "..."}``); a problem before a stream starts is
 ``{"type": "error", "code", "detail", "status", "request", ...data}``, without ``id``
-(docs/api.md, "WebSocket"). A frame is valid UTF-8: a lone surrogate in a reply travels as
+(docs/api.md#websocket). A frame is valid UTF-8: a lone surrogate in a reply travels as
 a ``\\u`` escape, as in SSE.
 """
 
