@@ -102,8 +102,8 @@ def wants_event_stream(request: HttpRequest) -> bool:
     """Whether a chat turn answers as an SSE stream (the default) rather than one JSON document.
 
     Media-type negotiation on ``Accept`` (docs/api.md#content-negotiation): the stream
-    unless the client prefers JSON, that is, ``application/json`` matches a range of higher quality than
-    the best range that matches ``text/event-stream``. A missing header, ``*/*`` (curl's
+    unless the client prefers JSON, that is, ``application/json`` matches a range of higher
+    quality than the best range that matches ``text/event-stream``. A missing header, ``*/*`` (curl's
     default), ``text/*``, anything naming ``text/event-stream`` at the top quality, a tie
     and an unparsable header all stream. Django's ``accepted_type`` picks, for each type,
     the most specific range that matches it, with its ``q``. (``get_preferred_type`` is
