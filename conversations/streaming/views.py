@@ -102,16 +102,20 @@ def wants_event_stream(request: HttpRequest) -> bool:
     """Whether a chat turn answers as an SSE stream (the default) rather than one JSON document.
 
     Media-type negotiation on ``Accept`` (docs/api.md#content-negotiation): the stream
-    unless the client prefers JSON, that is, ``application/json`` matches a range of higher
-    quality than the best range that matches ``text/event-stream``. A missing header,
-    ``*/*`` (curl's default), ``text/*``, anything naming ``text/event-stream`` at the top
-    quality, a tie and an unparsable header all stream. Django's ``accepted_type`` picks,
-    for each type, the most specific range that matches it, with its ``q``.
-    (``get_preferred_type`` is not enough: on a tie such as ``application/json, text/event-
-    stream`` it picks the first listed, where the stream must win.) """ json_range =
-    request.accepted_type("application/json") if json_range is None: return True
-    stream_range = request.accepted_type("text/event-stream") return stream_range is not
-    None and stream_range.quality >= json_range.quality
+    unless the client prefers JSON, that is, ``application/json`` matches a range of
+    higher quality than the best range that matches ``text/event-stream``. A missing
+    header, ``*/*`` (curl's default), ``text/*``, anything naming ``text/event-stream``
+    at the top quality, a tie and an unparsable header all stream. Django's
+    ``accepted_type`` picks, for each type, the most specific range that matches it,
+    with its ``q``. (``get_preferred_type`` is not enough: on a tie such as
+    ``application/json, text/event-stream`` it picks the first listed, where the stream
+    must win.)
+    """
+    json_range = request.accepted_type("application/json")
+    if json_range is None:
+        return True
+    stream_range = request.accepted_type("text/event-stream")
+    return stream_range is not None and stream_range.quality >= json_range.quality
 
 
 def _check_body_limits(request: HttpRequest) -> JsonResponse | None:
