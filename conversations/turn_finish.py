@@ -41,12 +41,25 @@ class ReplyOutcome:
 def reply_tokens_charged(outcome: ReplyOutcome) -> int:
     """Tokens a reply counts against the quota (docs/api.md#quota).
 
-    A complete or cancelled reply counts what the provider used; a failed one only the
-    output that was delivered (nothing when it failed before any output).
+    A complete reply, or one cancelled after its first chunk, counts what the provider
+    used; a failed one only the output that was delivered; a reply that delivered nothing
+    (cancelled before its first chunk, failed before any output) counts nothing.
     """
-    if outcome.status in (Message.Status.COMPLETE, Message.Status.CANCELLED):
+    if outcome.status == Message.Status.COMPLETE:
         return outcome.usage.total
+    if outcome.status == Message.Status.CANCELLED:
+        return outcome.usage.total if outcome.content else 0
     return outcome.usage.output_tokens if outcome.content else 0
+
+
+def reply_requests_charged(outcome: ReplyOutcome) -> int:
+    """Requests a reply counts against the quota (docs/api.md#quota): one for every reply
+    that delivered output to the user, a complete one or one cancelled after its first
+    chunk (cancelling just before the end must not make a reply free); none for a reply
+    cancelled before any chunk, or one that failed or was interrupted."""
+    if outcome.status == Message.Status.COMPLETE:
+        return 1
+    return 1 if outcome.status == Message.Status.CANCELLED and outcome.content else 0
 
 
 def turn_finish(
@@ -60,10 +73,11 @@ def turn_finish(
     """The turn's last write, in one transaction: the reply's final text, status and usage,
     the extracted flows, the quota settled, and the usage ledger.
 
-    A request is consumed only by a complete reply; tokens for the reply and extraction
-    (see :func:`reply_tokens_charged`). The ledger says what was really charged: nothing
-    when the reservation was closed already or taken in an earlier quota period. Returns
-    the stored flows and the quota afterwards.
+    A request is consumed by a reply that delivered output (see
+    :func:`reply_requests_charged`); tokens for the reply and extraction (see
+    :func:`reply_tokens_charged`), in the quota's current period even if the reservation
+    was taken in an earlier one. The ledger says what was really charged: nothing when the
+    reservation was closed already. Returns the stored flows and the quota afterwards.
 
     The reply is finished only if it is still ``streaming``: one the stale-reply sweeper
     marked ``interrupted`` meanwhile (its heartbeat stalled) keeps that verdict, and one
@@ -107,7 +121,7 @@ def turn_finish(
             user=message.user,
             reservation_id=turn.reservation_id,
             reserved=turn.reserved,
-            requests=1 if outcome.status == Message.Status.COMPLETE else 0,
+            requests=reply_requests_charged(outcome),
             tokens=tokens,
         )
         charged = settled is not None and settled.tokens_charged == tokens

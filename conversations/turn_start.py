@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -21,6 +21,7 @@ from conversations.models import Context, Conversation, Message
 from conversations.selectors import history_for_model
 from core import sql
 from core.errors import Conflict, InvalidRequest, NotFound, ServiceError
+from flows.extraction import extraction_reservation_tokens
 
 
 @dataclass(slots=True)
@@ -91,9 +92,21 @@ class TurnRequest:
     worker: str
 
 
-def turn_reservation_tokens(system: str, history: list[ChatMessage]) -> int:
-    """Tokens a turn reserves: the prompt the model will see, plus the longest reply."""
-    return model_prompt_tokens(system, history) + settings.AI_MAX_OUTPUT_TOKENS
+def turn_reservation_tokens(
+    system: str, history: list[ChatMessage], *, context_name: str, today: date
+) -> int:
+    """Tokens a turn reserves before any call is made (docs/api.md#quota): the prompt the
+    model will see plus the longest reply and, when flow extraction is on, the most the
+    extraction call after the reply may spend (:func:`extraction_reservation_tokens`)."""
+    tokens = model_prompt_tokens(system, history) + settings.AI_MAX_OUTPUT_TOKENS
+    if settings.FLOWS_EXTRACTION_ENABLED:
+        tokens += extraction_reservation_tokens(
+            messages=history,
+            context_name=context_name,
+            today=today,
+            reply_max_tokens=settings.AI_MAX_OUTPUT_TOKENS,
+        )
+    return tokens
 
 
 def turn_prepare(*, user: AbstractBaseUser, request: TurnRequest) -> PreparedTurn:
@@ -165,7 +178,9 @@ def turn_prepare(*, user: AbstractBaseUser, request: TurnRequest) -> PreparedTur
         system = system_prompt_for(context_name=context.name, instructions=context.instructions)
         reservation = quota_reserve_locked(
             quota=quota,
-            tokens=turn_reservation_tokens(system, history),
+            tokens=turn_reservation_tokens(
+                system, history, context_name=context.name, today=now.date()
+            ),
             message_id=assistant_message.id,
             now=now,
         )

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ai.providers.base import ChatMessage, Provider, Usage
+from ai.providers.base import ChatMessage, Provider, Usage, estimate_tokens
 
 Priority = Literal["low", "medium", "high"]
 PRIORITIES: tuple[str, ...] = ("low", "medium", "high")
@@ -35,6 +35,13 @@ DESCRIPTION_MAX = 2000
 MAX_FLOWS = 10
 HOSTILE_ITEMS = 20
 SCHEMA_NAME = "flows_extraction"
+#: The most output tokens an extraction call may write: the adapters send it as the
+#: call's ``max_tokens`` (their ``_EXTRACTION_MAX_TOKENS``; a test keeps them equal).
+EXTRACTION_MAX_OUTPUT_TOKENS = 2048
+#: Tokens a provider adds around an extraction call beyond its texts: Anthropic's tool-use
+#: system prompt (about 350 with a forced tool choice), the message framing, the OpenAI
+#: fallback's "reply with one JSON object" line.
+EXTRACTION_FRAMING_TOKENS = 400
 
 FLOW_EXTRACTION_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -227,6 +234,32 @@ def validate_drafts(payload: Any) -> list[FlowDraft]:
         return drafts
     except Exception:  # a validator of untrusted data must not take the turn down
         return []
+
+
+def extraction_reservation_tokens(
+    *,
+    messages: Sequence[ChatMessage],
+    context_name: str,
+    today: dt.date,
+    reply_max_tokens: int,
+) -> int:
+    """The most tokens :func:`flows_extract` may spend after a reply to ``messages`` of at
+    most ``reply_max_tokens`` (docs/api.md#quota): reserved with the reply, before either
+    call is made.
+
+    Input: the extraction prompt and its schema, the transcript of ``messages`` and of the
+    reply (counted at its most), and the provider's framing; output: at most
+    :data:`EXTRACTION_MAX_OUTPUT_TOKENS`. Estimated conservatively (``estimate_tokens``).
+    """
+    schema = json.dumps(FLOW_EXTRACTION_SCHEMA, separators=(",", ":"))
+    return (
+        estimate_tokens(extraction_system_prompt(context_name, today))
+        + estimate_tokens(schema)
+        + estimate_tokens(render_transcript(messages))
+        + reply_max_tokens
+        + EXTRACTION_FRAMING_TOKENS
+        + EXTRACTION_MAX_OUTPUT_TOKENS
+    )
 
 
 async def flows_extract(

@@ -12,10 +12,13 @@ connection promptly.
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
+
+from ai.providers.estimate import estimate_tokens
+
+__all__ = ["estimate_tokens"]  # re-exported: adapters and prompts import it from here
 
 Role = Literal["user", "assistant", "system"]
 
@@ -89,13 +92,6 @@ class Provider(Protocol):
     ) -> StructuredResult:
         """Ask for one JSON object matching ``schema`` about ``transcript`` (data only)."""
         ...
-
-
-def estimate_tokens(text: str) -> int:
-    """A rough token count (about four characters a token) for providers that send none."""
-    if not text:
-        return 0
-    return max(1, math.ceil(len(text) / 4))
 
 
 def estimate_messages_tokens(messages: Sequence[ChatMessage], system: str = "") -> int:

@@ -17,9 +17,9 @@ and ``conversations.turn_finish``):
 2. **Settle**, in the turn's finish transaction (``turn_finish``):
    :func:`reservation_close_locked` locks the row again and closes the reservation by a
    conditional update on its status, so it is counted once whoever closes it. Its hold
-   leaves ``*_reserved``; what was used (one request for a complete reply, the tokens the
-   provider counted) goes to ``*_used``. Real tokens may pass the estimate: ``*_used`` may
-   then pass the limit and ``*_remaining`` floors at 0 until the reset.
+   leaves ``*_reserved``; what was used (one request for a reply that delivered output,
+   the tokens the provider counted) goes to ``*_used``. Real tokens may pass the estimate:
+   ``*_used`` may then pass the limit and ``*_remaining`` floors at 0 until the reset.
 3. **Release** when the turn fails before its outcome is stored: :func:`quota_release`,
    the same close charging nothing (also the admin's release action).
 4. **Safety net**: the stale-reply sweeper (``conversations.streaming.recovery``) calls
@@ -31,8 +31,9 @@ The lazy reset: when ``resets_at`` has passed, :func:`quota_lock` starts the per
 row; ``manage.py reset_quotas --expired`` does the same from cron (:mod:`ai.quota.resets`,
 with the admin's resets and limits). A reset never touches ``*_reserved``: those belong to
 replies in flight. A reservation taken in an earlier period leaves ``*_reserved`` when it
-closes but charges nothing: the new period must not pay for a reply admitted against the
-old one. Reads (the Quota resource) are in :mod:`ai.quota.selectors`.
+closes and charges the *current* period's counters: the reply was really made and is paid
+for once, when it settles (a reply must not become free because a reset fell between its
+start and its end). Reads (the Quota resource) are in :mod:`ai.quota.selectors`.
 
 The statements every turn runs are plain SQL (:mod:`core.sql`, for the CPU the ORM
 spends building them); the rest is the ORM. Every function is sync and runs in the
@@ -184,12 +185,14 @@ def reservation_close_locked(
     reserved: tuple[int, datetime] | None = None,
 ) -> Settlement | None:
     """Close a held reservation in the caller's transaction, charging ``requests`` (1 for
-    a complete reply, else 0) and ``tokens`` (what the provider used); 0 and 0 release it.
+    a reply that delivered output, else 0) and ``tokens`` (what the provider used); 0 and 0
+    release it.
 
     Locks the quota row (:func:`quota_lock`), closes the reservation if it is still held
     (a conditional update: idempotent), moves its hold out of ``*_reserved`` (never below
-    0) and the charge into ``*_used``, unless the reservation was taken in an earlier
-    period (then nothing is charged). ``reserved``, the reservation's tokens and period as
+    0) and the charge into ``*_used``, of the current period even if the reservation was
+    taken in an earlier one (the lazy reset has run first; the reply is charged once, when
+    it settles, not dropped). ``reserved``, the reservation's tokens and period as
     the turn made it, saves reading it back. Returns None, changing nothing, when the
     reservation was closed already (released by the sweeper, say): the caller must then
     not record a charge either.
@@ -207,10 +210,8 @@ def reservation_close_locked(
         if row is None:
             return None
         reserved = (row["tokens"], row["period_started_at"])
-    reserved_tokens, reserved_period = reserved
-    same_period = reserved_period == quota.period_started_at
-    charged_requests = requests if same_period else 0
-    charged_tokens = tokens if same_period else 0
+    reserved_tokens, _reserved_period = reserved
+    charged_requests, charged_tokens = requests, tokens
     status = Reservation.Status.SETTLED if requests or tokens else Reservation.Status.RELEASED
     # Every turn runs these two: plain SQL (core.sql).
     closed = sql.update(

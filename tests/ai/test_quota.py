@@ -283,17 +283,20 @@ def test_snapshot_of_a_user_without_a_quota_shows_the_defaults_and_creates_nothi
     assert quota_snapshot(user=user, now=NOW) == snapshot
 
 
-def test_settle_after_a_reset_charges_nothing_to_the_new_period(user) -> None:
+def test_settle_after_a_reset_charges_the_new_period(user) -> None:
+    """A reply that settles after its period rolled over is charged, not dropped: the
+    lazy reset runs first, then the reply's real use goes to the new period's counters."""
     make_quota(user, requests_used=3, tokens_used=30)
     reservation = reserve(user, 100, now=NOW)
     tomorrow = datetime(2026, 3, 5, 0, 0, 1, tzinfo=UTC)
     assert settle(reservation, requests=1, tokens=90, now=tomorrow) is not None
     quota = Quota.objects.get(user=user)
-    assert (quota.requests_used, quota.tokens_used) == (0, 0)
+    assert quota.period_started_at == datetime(2026, 3, 5, tzinfo=UTC)
+    assert (quota.requests_used, quota.tokens_used) == (1, 90)
     assert (quota.requests_reserved, quota.tokens_reserved) == (0, 0)
     reservation.refresh_from_db()
     assert reservation.status == Reservation.Status.SETTLED
-    assert (reservation.requests_charged, reservation.tokens_charged) == (0, 0)
+    assert (reservation.requests_charged, reservation.tokens_charged) == (1, 90)
 
 
 def test_reset_never_touches_reserved_counters(user, other_user) -> None:
@@ -310,10 +313,10 @@ def test_reset_never_touches_reserved_counters(user, other_user) -> None:
     assert quota.resets_at == datetime(2026, 3, 5, tzinfo=UTC)
     assert Quota.objects.get(user=other_user).requests_used == 1
     assert Reservation.objects.get(pk=reservation.pk).status == Reservation.Status.HELD
-    # The reply in flight belongs to the period before the reset: it leaves reserved only.
+    # The reply in flight settles after the reset: the new period pays for what it used.
     settle(reservation, requests=1, tokens=50, now=later)
     quota = Quota.objects.get(user=user)
-    assert (quota.requests_used, quota.tokens_used, quota.requests_reserved) == (0, 0, 0)
+    assert (quota.requests_used, quota.tokens_used, quota.requests_reserved) == (1, 50, 0)
 
 
 def test_reset_only_expired_and_dry_run(user, other_user) -> None:

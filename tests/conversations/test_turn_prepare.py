@@ -78,6 +78,7 @@ def test_the_reservation_is_for_the_prompt_the_model_sees(user, settings):
     """A client's system message reaches the model relabelled, with the server's rule
     added to the system prompt: the reservation counts that, not the history as sent."""
     settings.AI_MAX_OUTPUT_TOKENS = 100
+    settings.FLOWS_EXTRACTION_ENABLED = False  # its share: see test_charging.py
     context = factories.make_context(user, instructions="Be brief.")
     client_context = "The user is on a phone. " * 20
     turn, _provider = prepare_turn(

@@ -118,7 +118,8 @@ def test_cancel_while_streaming(server, alice):
     message.refresh_from_db()
     assert message.status == "cancelled" and message.content == main.text() != ""
     quota = Quota.objects.get(user=user)
-    assert quota.requests_used == 0 and quota.requests_reserved == 0 and quota.tokens_used > 0
+    # Cancelled after its first chunk: it delivered output, so it consumed a request.
+    assert quota.requests_used == 1 and quota.requests_reserved == 0 and quota.tokens_used > 0
     # Cancelling again is harmless and says the same.
     again = httpx.post(
         f"{server.url}/api/v1/messages/{message.id}/cancel",
