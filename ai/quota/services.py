@@ -8,12 +8,12 @@ and ``conversations.turn_finish``):
    ends (the row lock on PostgreSQL, the IMMEDIATE transaction's write lock on SQLite), with
    the lazy reset applied. Holding it, the turn counts its open streams, stores its
    messages and calls :func:`quota_reserve_locked`: one request and an *estimate* of the
-   tokens (the prompt plus the most the model may write) must fit beside what is used and
-   what replies in flight hold; they move into ``*_reserved`` and a held
-   :class:`~ai.models.Reservation` names the reply's message. One user's turns are
-   serialized on the lock, so concurrent turns never together pass a limit. A refusal
-   raises :class:`~ai.errors.QuotaExceeded` (429, ``Retry-After``) and rolls the turn's
-   start back.
+   tokens (the prompt plus the most the model may write, plus the most the flow extraction
+   after the reply may spend) must fit beside what is used and what replies in flight
+   hold; they move into ``*_reserved`` and a held :class:`~ai.models.Reservation` names
+   the reply's message. One user's turns are serialized on the lock, so concurrent turns
+   never together pass a limit. A refusal raises :class:`~ai.errors.QuotaExceeded` (429,
+   ``Retry-After``) and rolls the turn's start back.
 2. **Settle**, in the turn's finish transaction (``turn_finish``):
    :func:`reservation_close_locked` locks the row again and closes the reservation by a
    conditional update on its status, so it is counted once whoever closes it. Its hold
