@@ -44,6 +44,7 @@ migrate: install $(LOCAL_SECRET_KEY)
 	$(PY) manage.py migrate --noinput
 
 run: migrate
+	$(PY) manage.py loaddata model_prices -v 0
 	$(PY) manage.py collectstatic --noinput -v 0
 	$(PY) manage.py demo_setup --url http://$(HOST):$(PORT)/
 	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) chatproject.asgi:application

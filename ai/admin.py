@@ -1,4 +1,5 @@
-"""Admin for quota (limits per user, reset action), reservations and the usage ledger."""
+"""Admin for quota (limits per user, reset action), reservations, the usage ledger and the
+models' prices (with the models in use that have none)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 
-from ai.models import Quota, Reservation, UsageRecord
+from ai.models import ModelPrice, Quota, Reservation, UsageRecord
+from ai.pricing import FREE_PROVIDERS, price_for, unpriced_models
 from ai.quota.resets import quota_reset, quota_set_limits
 from ai.quota.services import quota_get_or_create, quota_release
 from ai.selectors import usage_totals_by_user_and_day
@@ -139,7 +141,12 @@ class UsageRecordAdmin(ReadOnlyAdmin):
         "model",
         "input_tokens",
         "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
         "estimated",
+        "cost",
+        "currency",
+        "priced",
         "tokens_charged",
         "outcome",
         "error_code",
@@ -151,6 +158,13 @@ class UsageRecordAdmin(ReadOnlyAdmin):
     date_hierarchy = "created_at"
     raw_id_fields = ("user", "context", "conversation", "message")
 
+    @admin.display(boolean=True, description="priced")
+    def priced(self, obj: UsageRecord) -> bool:
+        """Whether the call's model had a price that day (no: its cost is 0)."""
+        if obj.provider in FREE_PROVIDERS:
+            return True
+        return price_for(obj.provider, obj.model, obj.created_at) is not None
+
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
@@ -160,3 +174,38 @@ class UsageRecordAdmin(ReadOnlyAdmin):
             # Totals follow the changelist's filters, search and date drill-down.
             context["usage_totals"] = usage_totals_by_user_and_day(queryset=context["cl"].queryset)
         return response
+
+
+@admin.register(ModelPrice)
+class ModelPriceAdmin(admin.ModelAdmin):
+    """List prices per million tokens, by provider, model and the day they start. The
+    changelist warns about models in the usage ledger that have no price (they cost 0)."""
+
+    list_display = (
+        "provider",
+        "model",
+        "valid_from",
+        "input_per_mtok",
+        "cache_read_per_mtok",
+        "cache_write_per_mtok",
+        "output_per_mtok",
+        "currency",
+    )
+    list_filter = ("provider", "currency")
+    search_fields = ("model",)
+    date_hierarchy = "valid_from"
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        missing = unpriced_models()
+        if missing and request.method == "GET":
+            names = ", ".join(f"{provider}/{model}" for provider, model in missing)
+            self.message_user(
+                request,
+                f"Models in the usage ledger without a price (their calls cost 0): {names}. "
+                "Add a price for each.",
+                messages.WARNING,
+            )
+        extra = {**(extra_context or {}), "unpriced_models": missing}
+        return super().changelist_view(request, extra)

@@ -7,6 +7,8 @@ ai.E003    ``AI_PROVIDER=anthropic`` without ``ANTHROPIC_API_KEY``
 ai.E006    ``QUOTA_PERIOD`` not one of ``day``, ``week``, ``month``, ``none``
 ai.E007    ``AI_TIMEOUT_SECONDS`` or ``AI_MAX_OUTPUT_TOKENS`` not positive
 ai.E008    ``AI_HTTP_CLIENT`` not one of ``aiohttp``, ``httpx``
+ai.W001    a model in use (configured, or seen in the usage ledger) has no price:
+           its calls cost 0 (a database check: ``migrate``, ``check --database``)
 =========  ==================================================================
 
 (OIDC is checked by accounts.checks.)
@@ -20,9 +22,16 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.db import DatabaseError
 
-from ai.providers import PROVIDER_NAMES, configured_http_client, configured_provider_name
+from ai.pricing import unpriced_models
+from ai.providers import (
+    DEFAULT_MODELS,
+    PROVIDER_NAMES,
+    configured_http_client,
+    configured_provider_name,
+)
 from ai.providers._clients import HTTP_CLIENTS
 
 QUOTA_PERIODS = ("day", "week", "month", "none")
@@ -107,4 +116,36 @@ def check_quota_period(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
             hint="Set QUOTA_PERIOD to one of: " + ", ".join(QUOTA_PERIODS) + ".",
             id="ai.E006",
         )
+    ]
+
+
+@register("ai", Tags.database)
+def check_model_prices(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """Every model in use has a price (docs/api.md#cost): the configured one and those in
+    the usage ledger. Run only where the database may be read (``migrate``,
+    ``check --database default``); a database without the tables yet is skipped."""
+    if not databases:
+        return []
+    name = configured_provider_name()
+    model = (str(_setting("AI_MODEL", "") or "")).strip() or DEFAULT_MODELS.get(name, "")
+    extra = [(name, model)] if name in PROVIDER_NAMES else []
+    try:
+        missing = unpriced_models(extra)
+    except DatabaseError:
+        return []
+    return [
+        Warning(
+            f"The model {model!r} of provider {provider!r} has no price: its calls are "
+            "recorded with a cost of 0.",
+            hint=(
+                "Add a price in the admin (AI usage and quota > Model prices: provider "
+                f"{provider!r}, model {model!r}, the prices per million tokens and the "
+                "date they are valid from), or load the shipped list prices with "
+                "`manage.py loaddata model_prices`."
+            ),
+            id="ai.W001",
+        )
+        for provider, model in missing
     ]

@@ -1,10 +1,13 @@
-"""Quota per user, reservations in flight, and a usage record for every AI call."""
+"""Quota per user, reservations in flight, a usage record for every AI call, and the prices
+that turn its tokens into money."""
 
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -116,7 +119,13 @@ class UsageRecord(models.Model):
     purpose = models.CharField(max_length=16, choices=Purpose.choices)
     input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
+    # Parts of input_tokens read from / written to the provider's prompt cache.
+    cache_read_tokens = models.PositiveIntegerField(default=0)
+    cache_write_tokens = models.PositiveIntegerField(default=0)
     estimated = models.BooleanField(default=False)
+    # What the call cost at the price valid that day (0 when the model has no price).
+    cost = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
+    currency = models.CharField(max_length=3, default="USD")
     # Tokens counted against the quota for this call (what was delivered).
     tokens_charged = models.PositiveIntegerField(default=0)
     outcome = models.CharField(max_length=16, choices=Outcome.choices)
@@ -130,3 +139,41 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.purpose} {self.provider}/{self.model} user {self.user_id}"
+
+
+PRICE_FIELD = {
+    "max_digits": 12,
+    "decimal_places": 6,
+    "validators": [MinValueValidator(Decimal(0))],
+}
+
+
+class ModelPrice(models.Model):
+    """A model's list price per million tokens of each kind, from ``valid_from`` until the
+    next price of the same provider and model (docs/api.md#cost).
+
+    ``input_per_mtok`` is for uncached input; ``cache_read_per_mtok`` for input read from
+    the provider's prompt cache, ``cache_write_per_mtok`` for input written to it.
+    ``model`` is the name the provider is called with; a dated snapshot name
+    (``gpt-4o-mini-2024-07-18``) also takes the price of its base name (``gpt-4o-mini``).
+    """
+
+    provider = models.CharField(max_length=32)
+    model = models.CharField(max_length=128)
+    input_per_mtok = models.DecimalField("input / MTok", **PRICE_FIELD)
+    output_per_mtok = models.DecimalField("output / MTok", **PRICE_FIELD)
+    cache_read_per_mtok = models.DecimalField("cache read / MTok", **PRICE_FIELD)
+    cache_write_per_mtok = models.DecimalField("cache write / MTok", **PRICE_FIELD)
+    currency = models.CharField(max_length=3, default="USD", help_text="ISO 4217 code.")
+    valid_from = models.DateField()
+
+    class Meta:
+        ordering = ["provider", "model", "-valid_from"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider", "model", "valid_from"], name="model_price_unique_from"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider}/{self.model} from {self.valid_from}"

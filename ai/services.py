@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -26,6 +27,10 @@ def usage_record_build(
     context: Any = None,
     conversation: Any = None,
     message: Any = None,
+    cache_read_tokens: int = 0,
+    cache_write_tokens: int = 0,
+    cost: Decimal = Decimal(0),
+    currency: str = "USD",
 ) -> UsageRecord:
     """One line of the usage ledger for one AI call (a reply or a flow extraction), unsaved:
     :func:`usage_records_create` writes several in one INSERT.
@@ -35,6 +40,8 @@ def usage_record_build(
     ``interrupted``). ``estimated`` says the token counts were estimated from the text
     because the provider reported none. ``tokens_charged`` is what was counted against the
     quota. ``context``, ``conversation`` and ``message`` are model instances or None.
+    ``cache_read_tokens`` and ``cache_write_tokens`` are parts of ``input_tokens``;
+    ``cost`` is what the call cost in ``currency`` (see :mod:`ai.pricing`).
     """
     if purpose not in UsageRecord.Purpose.values:
         raise ValueError(f"Unknown usage purpose {purpose!r}.")
@@ -47,7 +54,11 @@ def usage_record_build(
         purpose=purpose,
         input_tokens=max(0, int(input_tokens)),
         output_tokens=max(0, int(output_tokens)),
+        cache_read_tokens=max(0, int(cache_read_tokens)),
+        cache_write_tokens=max(0, int(cache_write_tokens)),
         estimated=estimated,
+        cost=max(Decimal(0), cost),
+        currency=currency,
         tokens_charged=max(0, int(tokens_charged)),
         outcome=outcome,
         error_code=(error_code or "")[:32],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
@@ -96,7 +97,13 @@ class Message(models.Model):
     error_retryable = models.BooleanField(default=False)
     input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
+    # Parts of input_tokens read from / written to the provider's prompt cache.
+    cache_read_tokens = models.PositiveIntegerField(default=0)
+    cache_write_tokens = models.PositiveIntegerField(default=0)
     usage_estimated = models.BooleanField(default=False)
+    # The reply's cost at its model's price (docs/api.md#cost); 0 when it has none.
+    cost = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
+    currency = models.CharField(max_length=3, default="USD")
     provider = models.CharField(max_length=32, blank=True, default="")
     model = models.CharField(max_length=128, blank=True, default="")
     # Which server process runs the generation (for resume across processes and recovery).

@@ -35,9 +35,15 @@ class ConversationSerializer(serializers.ModelSerializer):
 
 
 class UsageSerializer(serializers.Serializer):
-    input_tokens = serializers.IntegerField()
+    input_tokens = serializers.IntegerField(help_text="The whole prompt, cached parts included.")
     output_tokens = serializers.IntegerField()
+    cache_read_tokens = serializers.IntegerField(help_text="Of input_tokens: read from cache.")
+    cache_write_tokens = serializers.IntegerField(help_text="Of input_tokens: written to cache.")
     estimated = serializers.BooleanField()
+    cost = serializers.DecimalField(
+        max_digits=14, decimal_places=8, help_text="At the model's price; 0 without one."
+    )
+    currency = serializers.CharField(help_text="ISO 4217 code of cost.")
 
 
 class MessageSerializer(serializers.ModelSerializer):
@@ -72,7 +78,11 @@ def message_usage(message: Message) -> dict[str, Any]:
     return {
         "input_tokens": message.input_tokens,
         "output_tokens": message.output_tokens,
+        "cache_read_tokens": message.cache_read_tokens,
+        "cache_write_tokens": message.cache_write_tokens,
         "estimated": message.usage_estimated,
+        "cost": f"{message.cost:f}",
+        "currency": message.currency,
     }
 
 

@@ -11,6 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from ai.models import UsageRecord
+from ai.pricing import priced
 from ai.providers.base import Usage
 from ai.quota.selectors import quota_snapshot
 from ai.quota.services import reservation_close_locked
@@ -85,6 +86,10 @@ def turn_finish(
     is stored).
     """
     message = turn.assistant_message
+    now = timezone.now()  # each call priced at the price valid today (docs/api.md#cost)
+    priced(outcome.usage, provider=message.provider, model=message.model, at=now)
+    if extraction_usage is not None:
+        priced(extraction_usage, provider=message.provider, model=message.model, at=now)
     with transaction.atomic():
         finished = sql.update(
             Message,
@@ -96,8 +101,12 @@ def turn_finish(
                 "error_retryable": outcome.error_retryable,
                 "input_tokens": outcome.usage.input_tokens,
                 "output_tokens": outcome.usage.output_tokens,
+                "cache_read_tokens": outcome.usage.cache_read_tokens,
+                "cache_write_tokens": outcome.usage.cache_write_tokens,
                 "usage_estimated": outcome.usage.estimated,
-                "updated_at": timezone.now(),
+                "cost": outcome.usage.cost,
+                "currency": outcome.usage.currency,
+                "updated_at": now,
             },
             {"id": message.pk, "status": Message.Status.STREAMING},
         )
@@ -172,7 +181,11 @@ def _ledger_lines(
             purpose="reply",
             input_tokens=outcome.usage.input_tokens,
             output_tokens=outcome.usage.output_tokens,
+            cache_read_tokens=outcome.usage.cache_read_tokens,
+            cache_write_tokens=outcome.usage.cache_write_tokens,
             estimated=outcome.usage.estimated,
+            cost=outcome.usage.cost,
+            currency=outcome.usage.currency,
             tokens_charged=reply_tokens_charged(outcome) if charged else 0,
             outcome=reply_outcome,
             error_code=outcome.error_code,
@@ -186,7 +199,11 @@ def _ledger_lines(
                 purpose="extraction",
                 input_tokens=extraction.input_tokens,
                 output_tokens=extraction.output_tokens,
+                cache_read_tokens=extraction.cache_read_tokens,
+                cache_write_tokens=extraction.cache_write_tokens,
                 estimated=extraction.estimated,
+                cost=extraction.cost,
+                currency=extraction.currency,
                 tokens_charged=extraction.total if charged else 0,
                 outcome="failed" if extraction_error else "complete",
                 error_code=extraction_error,

@@ -128,8 +128,7 @@ class AnthropicProvider:
         }
         if system_text:
             params["system"] = system_text
-        input_tokens = 0
-        output_tokens = 0
+        input_tokens = output_tokens = cache_read = cache_write = 0
         stop_reason: str | None = None
         stopped = False
         chunks = 0
@@ -160,6 +159,7 @@ class AnthropicProvider:
                 elif kind == "message_start":
                     usage = (event.get("message") or {}).get("usage") or {}
                     input_tokens = _input_tokens(usage)
+                    cache_read, cache_write = _cache_tokens(usage)
                     output_tokens = int(usage.get("output_tokens") or 0)
                 elif kind == "message_delta":
                     stop_reason = (event.get("delta") or {}).get("stop_reason") or stop_reason
@@ -168,6 +168,7 @@ class AnthropicProvider:
                         output_tokens = int(usage["output_tokens"])
                     if usage.get("input_tokens"):
                         input_tokens = _input_tokens(usage)
+                        cache_read, cache_write = _cache_tokens(usage)
                 elif kind == "message_stop":
                     stopped = True
                     await drain(events)
@@ -196,7 +197,12 @@ class AnthropicProvider:
             raise AIStreamIncomplete()
         yield StreamEnd(
             finish_reason="length" if stop_reason == "max_tokens" else "stop",
-            usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens),
+            usage=Usage(
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                cache_read_tokens=cache_read,
+                cache_write_tokens=cache_write,
+            ),
         )
 
     async def extract_structured(
@@ -240,9 +246,12 @@ class AnthropicProvider:
                 break
         reported = body.get("usage") if isinstance(body, dict) else None
         if isinstance(reported, dict) and reported:
+            cache_read, cache_write = _cache_tokens(reported)
             usage = Usage(
                 input_tokens=_input_tokens(reported),
                 output_tokens=int(reported.get("output_tokens") or 0),
+                cache_read_tokens=cache_read,
+                cache_write_tokens=cache_write,
             )
         else:
             usage = Usage(
@@ -254,11 +263,20 @@ class AnthropicProvider:
 
 
 def _input_tokens(usage: dict[str, Any]) -> int:
-    """All input tokens of a usage record, cached ones included."""
+    """All input tokens of a usage record, cached ones included (Anthropic's
+    ``input_tokens`` counts only the uncached ones: see :class:`ai.providers.base.Usage`)."""
     return (
         int(usage.get("input_tokens") or 0)
         + int(usage.get("cache_creation_input_tokens") or 0)
         + int(usage.get("cache_read_input_tokens") or 0)
+    )
+
+
+def _cache_tokens(usage: dict[str, Any]) -> tuple[int, int]:
+    """(cache-read, cache-write) input tokens of a usage record."""
+    return (
+        int(usage.get("cache_read_input_tokens") or 0),
+        int(usage.get("cache_creation_input_tokens") or 0),
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from ai.providers.estimate import estimate_tokens
@@ -33,11 +34,26 @@ class ChatMessage:
 
 @dataclass(slots=True)
 class Usage:
-    """Tokens one call used. ``estimated`` when the provider reported none."""
+    """Tokens one call used. ``estimated`` when the provider reported none.
+
+    One meaning for every provider (docs/api.md#usage): ``input_tokens`` is the whole
+    prompt, cached parts included; ``cache_read_tokens`` (read from the provider's prompt
+    cache) and ``cache_write_tokens`` (written to it) are parts of it, never added to it.
+    OpenAI's ``prompt_tokens`` already includes ``prompt_tokens_details.cached_tokens``;
+    Anthropic's ``input_tokens`` excludes ``cache_read_input_tokens`` and
+    ``cache_creation_input_tokens``, so its adapter adds them. Pricing
+    (:mod:`ai.pricing`) bills the uncached rest at the input rate.
+    """
 
     input_tokens: int = 0
     output_tokens: int = 0
     estimated: bool = False
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    # What the call cost, in ``currency``: set by :func:`ai.pricing.priced` after the
+    # call (providers leave it at zero; a model without a price costs nothing).
+    cost: Decimal = Decimal(0)
+    currency: str = "USD"
 
     @property
     def total(self) -> int:

@@ -347,9 +347,14 @@ class OpenAIProvider:
 
 
 def _usage(reported: dict[str, Any]) -> Usage:
+    """OpenAI's usage: ``prompt_tokens`` includes ``prompt_tokens_details.cached_tokens``
+    (OpenAI caches by itself and never reports cache writes)."""
+    details = reported.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
     return Usage(
         input_tokens=int(reported.get("prompt_tokens") or 0),
         output_tokens=int(reported.get("completion_tokens") or 0),
+        cache_read_tokens=int(cached or 0),
     )
 
 

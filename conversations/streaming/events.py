@@ -145,6 +145,21 @@ def error_data(code: str, retryable: bool | None = None) -> dict[str, Any]:
     }
 
 
+def usage_to_dict(usage: Usage) -> dict[str, Any]:
+    """The ``usage`` object of the ``done`` event, the stored message and the JSON answer
+    (docs/api.md#usage): tokens by kind, ``estimated``, and ``cost`` as a decimal string
+    in ``currency``."""
+    return {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "estimated": usage.estimated,
+        "cost": f"{usage.cost:f}",
+        "currency": usage.currency,
+    }
+
+
 def trailing_events(
     *,
     message_id: str,
@@ -160,7 +175,7 @@ def trailing_events(
 
     complete: ``flows_extracted`` then ``done``; cancelled: ``done``; otherwise ``error``.
     """
-    usage_data = {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+    usage_data = usage_to_dict(usage)
     if status == Message.Status.COMPLETE:
         done = {
             "message_id": message_id,

@@ -62,6 +62,19 @@ def stored_metadata(message: Message) -> dict[str, Any]:
     }
 
 
+def _stored_usage(message: Message) -> Usage:
+    """A finished reply's usage as stored (its tokens by kind and its cost)."""
+    return Usage(
+        input_tokens=message.input_tokens,
+        output_tokens=message.output_tokens,
+        estimated=message.usage_estimated,
+        cache_read_tokens=message.cache_read_tokens,
+        cache_write_tokens=message.cache_write_tokens,
+        cost=message.cost,
+        currency=message.currency,
+    )
+
+
 def stored_trailing(message: Message) -> list[Trailing]:
     """The trailing events of a finished reply, as its generation sent them."""
     if message.status == Message.Status.COMPLETE:
@@ -74,7 +87,7 @@ def stored_trailing(message: Message) -> list[Trailing]:
             message_id=str(message.id),
             status=message.status,
             finish_reason=message.finish_reason,
-            usage=Usage(message.input_tokens, message.output_tokens, message.usage_estimated),
+            usage=_stored_usage(message),
             error_code=message.error_code or "internal_error",
             error_retryable=message.error_retryable or not message.error_code,
             flows=flows,

@@ -31,7 +31,7 @@ from ai.providers.base import Provider
 from conversations import selectors
 from conversations.models import Message
 from conversations.serializers import message_to_dict
-from conversations.streaming.events import error_data, parse_last_event_id
+from conversations.streaming.events import error_data, parse_last_event_id, usage_to_dict
 from conversations.streaming.live import Generation, TurnResult, iter_events
 from conversations.streaming.replies import reply_cancel, reply_follow
 from conversations.streaming.transports.sse import event_stream_response
@@ -158,11 +158,7 @@ def turn_document(turn: PreparedTurn, result: TurnResult) -> dict[str, Any]:
         "content": outcome.content,
         "status": outcome.status,
         "finish_reason": outcome.finish_reason,
-        "usage": {
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
-            "estimated": usage.estimated,
-        },
+        "usage": usage_to_dict(usage),
     }
 
 

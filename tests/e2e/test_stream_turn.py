@@ -78,6 +78,11 @@ def test_event_order_ids_persistence_quota_and_flows(daphne, alice):
     assert done["usage"] == {
         "input_tokens": message.input_tokens,
         "output_tokens": message.output_tokens,
+        "cache_read_tokens": 0,
+        "cache_write_tokens": 0,
+        "estimated": message.usage_estimated,
+        "cost": "0.00000000",  # the mock provider has no price
+        "currency": "USD",
     }
     after = Quota.objects.get(user=user)
     assert after.requests_used == before.requests_used + 1

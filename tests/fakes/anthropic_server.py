@@ -28,7 +28,9 @@ class AnthropicScript(StreamScript):
 
     stop_reason: str = "end_turn"
     send_message_stop: bool = True
-    input_tokens: int = 21
+    input_tokens: int = 21  # uncached input: Anthropic counts cache tokens apart
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
     output_tokens: int | None = None  # default: the number of tokens
     error_event_after: int | None = None  # an ``error`` event after this many text chunks
     error_type: str = "overloaded_error"
@@ -112,8 +114,8 @@ class FakeAnthropicServer(FakeServer):
                 "stop_sequence": None,
                 "usage": {
                     "input_tokens": script.input_tokens,
-                    "cache_creation_input_tokens": 0,
-                    "cache_read_input_tokens": 0,
+                    "cache_creation_input_tokens": script.cache_creation_input_tokens,
+                    "cache_read_input_tokens": script.cache_read_input_tokens,
                     "output_tokens": output_tokens,
                     "service_tier": "standard",
                 },
@@ -138,8 +140,8 @@ class FakeAnthropicServer(FakeServer):
                         "stop_sequence": None,
                         "usage": {
                             "input_tokens": script.input_tokens,
-                            "cache_creation_input_tokens": 0,
-                            "cache_read_input_tokens": 0,
+                            "cache_creation_input_tokens": script.cache_creation_input_tokens,
+                            "cache_read_input_tokens": script.cache_read_input_tokens,
                             "output_tokens": 1,
                             "service_tier": "standard",
                         },

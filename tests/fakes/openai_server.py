@@ -38,6 +38,7 @@ class OpenAIScript(StreamScript):
     end_delay: float = 0.0  # pause after the finish chunk, before usage/[DONE]/end
     after_done_delay: float = 0.0  # pause after [DONE] before the body ends (held open)
     prompt_tokens: int = 12
+    cached_tokens: int = 0  # of prompt_tokens, read from OpenAI's prompt cache
     completion_tokens: int | None = None  # default: the number of tokens
     error_event_after: int | None = None  # an {"error": ...} chunk after this many
     error_event: dict[str, Any] = field(
@@ -150,6 +151,10 @@ class FakeOpenAIServer(FakeServer):
                     "prompt_tokens": script.prompt_tokens,
                     "completion_tokens": completion_tokens,
                     "total_tokens": script.prompt_tokens + completion_tokens,
+                    "prompt_tokens_details": {
+                        "cached_tokens": script.cached_tokens,
+                        "audio_tokens": 0,
+                    },
                 },
                 "service_tier": "default",
                 "system_fingerprint": "fp_fake",
@@ -204,7 +209,10 @@ class FakeOpenAIServer(FakeServer):
                 "prompt_tokens": script.prompt_tokens,
                 "completion_tokens": completion,
                 "total_tokens": script.prompt_tokens + completion,
-                "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                "prompt_tokens_details": {
+                    "cached_tokens": script.cached_tokens,
+                    "audio_tokens": 0,
+                },
                 "completion_tokens_details": {
                     "reasoning_tokens": 0,
                     "audio_tokens": 0,
