@@ -271,6 +271,9 @@ AI_MAX_RETRIES = env.int("AI_MAX_RETRIES", default=2)
 # The SDKs' HTTP client: "aiohttp" (their DefaultAioHttpClient, half the CPU per streamed
 # chunk) or "httpx" (their default httpx2 client). See ai/providers/_clients.py.
 AI_HTTP_CLIENT = env.str("AI_HTTP_CLIENT", default="aiohttp").strip().lower()
+# Anthropic prompt caching: cache_control breakpoints on the system prompt and the stable
+# history prefix (see docs/api.md#settings). OpenAI caches prompts by itself.
+AI_PROMPT_CACHE = env.bool("AI_PROMPT_CACHE", default=True)
 MOCK_TOKEN_DELAY_MS = env.float("MOCK_TOKEN_DELAY_MS", default=30.0)
 
 # --- Chat ----------------------------------------------------------------------------------------

@@ -35,6 +35,8 @@ _SETTINGS_USED = frozenset(
         "AI_TIMEOUT_SECONDS",
         "AI_MAX_RETRIES",
         "AI_HTTP_CLIENT",
+        "AI_PROMPT_CACHE",
+        "CHAT_HISTORY_LIMIT",
         "OPENAI_API_KEY",
         "OPENAI_BASE_URL",
         "ANTHROPIC_API_KEY",
@@ -100,6 +102,8 @@ def _build(name: str) -> Provider:
             timeout=timeout,
             max_retries=max_retries,
             http_client=http_client,
+            prompt_cache=bool(getattr(settings, "AI_PROMPT_CACHE", True)),
+            history_limit=getattr(settings, "CHAT_HISTORY_LIMIT", None),
         )
     raise AINotConfigured()
 

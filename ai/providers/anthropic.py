@@ -14,6 +14,17 @@ as a parameter, which holds the server's prompt only: a ``system`` message of th
 reaches the model after it as a labelled user message (:func:`ai.prompts.model_prompt`).
 Consecutive messages of the same role are merged, and a history that starts with the
 assistant gets a short placeholder user turn first.
+
+Prompt caching (``AI_PROMPT_CACHE``, on by default; see ``docs/api.md``): the request
+marks ``cache_control: {"type": "ephemeral"}`` breakpoints, at most
+:data:`MAX_CACHE_BREAKPOINTS` as the API allows: the system prompt (sent as one text
+block) and the last message before the new user message (its content as one text block),
+the prefix the next turn of the conversation repeats byte for byte, so that turn reads it
+from the cache. The history the model sees is a window of the last ``CHAT_HISTORY_LIMIT``
+messages: when the next turn's window will have dropped this turn's first message, the
+prefix will not repeat and is not marked (a cache write costs more than plain input).
+The extraction request marks its system prompt (with the tool before it, the stable
+part). Nothing else of the body changes; with the setting off, no markers.
 """
 
 from __future__ import annotations
@@ -48,6 +59,50 @@ _SDK_ERRORS = SdkErrors(
 )
 _EXTRACTION_MAX_TOKENS = 2048
 _EARLIER_OMITTED = "(Earlier messages of this conversation are omitted.)"
+# The API accepts at most four cache_control breakpoints in one request.
+MAX_CACHE_BREAKPOINTS = 4
+_EPHEMERAL = {"type": "ephemeral"}
+
+
+def cached_text_block(text: str) -> dict[str, Any]:
+    """One ``text`` content block marked as a cache breakpoint."""
+    return {"type": "text", "text": text, "cache_control": dict(_EPHEMERAL)}
+
+
+def prefix_repeats(message_count: int, history_limit: int | None) -> bool:
+    """Whether the next turn's history still starts with this turn's ``message_count``
+    messages: it adds this turn's reply and the next user message, within a window of
+    ``history_limit`` messages (``None``: no window)."""
+    return history_limit is None or message_count + 2 <= history_limit
+
+
+def mark_cache_breakpoints(
+    system: str, messages: list[dict[str, Any]], *, mark_prefix: bool = True
+) -> tuple[str | list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ``system`` parameter and ``messages`` with prompt-cache breakpoints.
+
+    The system prompt (when there is one) becomes one marked text block; with
+    ``mark_prefix``, the message before the last one (the last message of the history
+    before the new user message) gets its content as one marked text block. A one-message
+    request marks only the system prompt. ``messages`` is not changed in place.
+    """
+    marked_system: str | list[dict[str, Any]] = [cached_text_block(system)] if system else ""
+    marked = list(messages)
+    if mark_prefix and len(marked) >= 2:
+        prefix_end = marked[-2]
+        content = prefix_end["content"]
+        if isinstance(content, str):
+            marked[-2] = {**prefix_end, "content": [cached_text_block(content)]}
+    return marked_system, marked
+
+
+def count_cache_breakpoints(body: Any) -> int:
+    """How many ``cache_control`` markers a request body holds (anywhere in it)."""
+    if isinstance(body, dict):
+        return int("cache_control" in body) + sum(count_cache_breakpoints(v) for v in body.values())
+    if isinstance(body, list):
+        return sum(count_cache_breakpoints(v) for v in body)
+    return 0
 
 
 def build_anthropic_messages(
@@ -89,8 +144,12 @@ class AnthropicProvider:
         timeout: float = 30.0,
         max_retries: int = 2,
         http_client: str = AIOHTTP,
+        prompt_cache: bool = True,
+        history_limit: int | None = None,
     ) -> None:
         self.model = model
+        self.prompt_cache = prompt_cache
+        self.history_limit = history_limit
         self._api_key = api_key
         self._base_url = base_url or None
         self._timeout = timeout
@@ -120,14 +179,22 @@ class AnthropicProvider:
     ) -> AsyncIterator[str | StreamEnd]:
         """Stream a reply: ``str`` deltas, then one :class:`StreamEnd` (see the module doc)."""
         system_text, history = build_anthropic_messages(messages, system)
+        system_param: str | list[dict[str, Any]] = system_text
+        sent: list[dict[str, Any]] = list(history)
+        if self.prompt_cache:
+            system_param, sent = mark_cache_breakpoints(
+                system_text,
+                sent,
+                mark_prefix=prefix_repeats(len(messages), self.history_limit),
+            )
         params: dict[str, Any] = {
             "model": self.model,
             "max_tokens": max_output_tokens,
-            "messages": history,
+            "messages": sent,
             "stream": True,
         }
-        if system_text:
-            params["system"] = system_text
+        if system_param:
+            params["system"] = system_param
         input_tokens = output_tokens = cache_read = cache_write = 0
         stop_reason: str | None = None
         stopped = False
@@ -219,7 +286,8 @@ class AnthropicProvider:
             body_params = {
                 "model": self.model,
                 "max_tokens": _EXTRACTION_MAX_TOKENS,
-                "system": system,
+                # Tools and system come first in the prompt and repeat on every call.
+                "system": [cached_text_block(system)] if self.prompt_cache and system else system,
                 "messages": [{"role": "user", "content": transcript}],
                 "tools": [
                     {

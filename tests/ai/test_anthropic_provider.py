@@ -12,7 +12,7 @@ from ai.prompts import CLIENT_CONTEXT_LABEL, CLIENT_CONTEXT_RULE
 from ai.providers import get_provider
 from ai.providers.anthropic import AnthropicProvider, build_anthropic_messages
 from ai.providers.base import ChatMessage
-from tests.fakes.anthropic_server import AnthropicScript, error_body, rate_limited
+from tests.fakes.anthropic_server import AnthropicScript, error_body, rate_limited, wire_text
 from tests.fakes.fixtures import FAKE_ANTHROPIC_KEY, collect
 
 pytestmark = pytest.mark.usefixtures("anthropic_settings")
@@ -57,7 +57,7 @@ async def test_request_shape_system_param_and_alternation(anthropic_server):
     assert body["stream"] is True
     assert body["max_tokens"] == 77
     # A client's system message never joins the system parameter (see test_system_messages).
-    assert body["system"] == f"{SYSTEM}\n\n{CLIENT_CONTEXT_RULE}"
+    assert wire_text(body["system"]) == f"{SYSTEM}\n\n{CLIENT_CONTEXT_RULE}"
     roles = [m["role"] for m in body["messages"]]
     assert roles == ["user", "assistant", "user"]
     assert body["messages"][0]["content"] == f"{CLIENT_CONTEXT_LABEL}\nPrefer short answers."
@@ -203,7 +203,7 @@ async def test_extraction_forces_the_tool_and_returns_its_input(anthropic_server
     assert result.payload == {"flows": ["Book a flight"]}
     assert (result.usage.input_tokens, result.usage.output_tokens) == (50, 12)
     body = anthropic_server.requests[0].body
-    assert body["system"] == "Extract tasks."
+    assert wire_text(body["system"]) == "Extract tasks."
     assert body["messages"] == [{"role": "user", "content": "<transcript>x</transcript>"}]
     assert body["tools"][0]["name"] == "flows_extraction"
     assert body["tools"][0]["input_schema"] == SCHEMA

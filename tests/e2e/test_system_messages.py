@@ -16,7 +16,7 @@ import pytest
 from ai.prompts import CLIENT_CONTEXT_LABEL, system_prompt_for
 from conversations.models import Message
 from tests import factories
-from tests.fakes.anthropic_server import FakeAnthropicServer
+from tests.fakes.anthropic_server import FakeAnthropicServer, wire_text
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.sse_client import stream
 
@@ -71,7 +71,7 @@ def test_client_system_message_reaches_the_model_after_the_server_prompt(
         assert body["messages"][0]["role"] == "system" and len(system_texts) == 1
         talk = body["messages"][1:]
     else:
-        system_texts = [body["system"]]
+        system_texts = [wire_text(body["system"])]
         talk = body["messages"]
     assert system_texts[0].startswith(server_prompt)
     assert INJECTION not in system_texts[0]
@@ -83,7 +83,8 @@ def test_client_system_message_reaches_the_model_after_the_server_prompt(
             {"role": "user", "content": "Hello"},
         ]
     else:  # Anthropic wants alternating roles: the two user messages are joined
-        assert talk[0] == {"role": "user", "content": f"{context_message}\n\nHello"}
+        assert talk[0]["role"] == "user"
+        assert wire_text(talk[0]["content"]) == f"{context_message}\n\nHello"
     assert talk[-1] == {"role": "user", "content": FINAL}
 
     stored = list(

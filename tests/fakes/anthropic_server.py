@@ -54,6 +54,14 @@ def rate_limited(retry_after: str = "5") -> AnthropicScript:
     )
 
 
+def wire_text(value: Any) -> str:
+    """The text of a ``system`` parameter or a message's ``content`` as sent: a string, or
+    the joined ``text`` of its content blocks (prompt caching sends marked blocks)."""
+    if isinstance(value, str):
+        return value
+    return "".join(block.get("text", "") for block in value or [] if isinstance(block, dict))
+
+
 def _sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 

@@ -22,7 +22,7 @@ from flows.extraction import (
     title_key,
     validate_drafts,
 )
-from tests.fakes.anthropic_server import AnthropicScript
+from tests.fakes.anthropic_server import AnthropicScript, wire_text
 from tests.fakes.openai_server import OpenAIScript, error_body
 
 TODAY = dt.date(2025, 3, 14)
@@ -315,7 +315,7 @@ async def test_anthropic_tool_path(anthropic_server):
     body = anthropic_server.requests[0].body
     assert body["tools"][0]["input_schema"] == FLOW_EXTRACTION_SCHEMA
     assert body["tool_choice"] == {"type": "tool", "name": body["tools"][0]["name"]}
-    assert body["system"] == extraction_system_prompt("Work", TODAY)
+    assert wire_text(body["system"]) == extraction_system_prompt("Work", TODAY)
 
 
 @pytest.mark.usefixtures("anthropic_settings")
