@@ -18,3 +18,51 @@ class QuotaOutputSerializer(serializers.Serializer):
     resets_at = serializers.CharField(
         allow_null=True, help_text="ISO 8601 (UTC) when the counters reset; null for period none."
     )
+
+
+def _cost_field() -> serializers.DecimalField:
+    return serializers.DecimalField(
+        max_digits=24, decimal_places=8, help_text="Decimal string, 8 places."
+    )
+
+
+class UsageSumsSerializer(serializers.Serializer):
+    """Sums of usage ledger lines (docs/api.md#usage-report)."""
+
+    requests = serializers.IntegerField(
+        help_text="Replies that consumed a request (complete, or cancelled after output)."
+    )
+    calls = serializers.IntegerField(help_text="Ledger lines: every reply and extraction call.")
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    cache_read_tokens = serializers.IntegerField()
+    cache_write_tokens = serializers.IntegerField()
+    cost = _cost_field()
+
+
+class UsageGroupSerializer(UsageSumsSerializer):
+    """One group: its key (the field of ``group_by``; the others null) and its sums."""
+
+    day = serializers.DateField(allow_null=True, help_text="UTC day (group_by=day).")
+    provider = serializers.CharField(allow_null=True, help_text="group_by=model.")
+    model = serializers.CharField(allow_null=True, help_text="group_by=model.")
+    conversation_id = serializers.UUIDField(
+        allow_null=True,
+        help_text="group_by=conversation; null for lines of deleted conversations.",
+    )
+
+
+class UsageOutputSerializer(serializers.Serializer):
+    """The caller's usage over a range of UTC days: totals and groups."""
+
+    totals = UsageSumsSerializer()
+    groups = UsageGroupSerializer(many=True)
+    group_by = serializers.ChoiceField(choices=["day", "model", "conversation"])
+    truncated = serializers.BooleanField(help_text="More groups than the answer holds.")
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        """``from`` and ``to`` are Python keywords: added here rather than as attributes."""
+        fields = super().get_fields()
+        fields["from"] = serializers.DateField(help_text="First UTC day, included.")
+        fields["to"] = serializers.DateField(help_text="Last UTC day, included.")
+        return fields
