@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
 
 from ai.models import UsageRecord
-from core import sql
+from core import metrics, sql
 
 
 def usage_record_build(
@@ -73,6 +75,7 @@ def usage_records_create(records: list[UsageRecord]) -> list[UsageRecord]:
     """Write ledger lines built by :func:`usage_record_build`, in one INSERT (plain SQL:
     every turn writes them; their ids are not read back)."""
     sql.insert(records)
+    _count_when_committed(records)
     return records
 
 
@@ -80,4 +83,11 @@ def usage_record_create(**fields: Any) -> UsageRecord:
     """Write one line of the usage ledger (the arguments of :func:`usage_record_build`)."""
     record = usage_record_build(**fields)
     record.save(force_insert=True)
+    _count_when_committed([record])
     return record
+
+
+def _count_when_committed(records: list[UsageRecord]) -> None:
+    """Add the lines' cost and cache tokens to ``/metrics`` once their transaction commits
+    (at once outside one): a rolled-back line is not counted."""
+    transaction.on_commit(partial(metrics.record_usage_lines, records))

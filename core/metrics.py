@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Iterable
+from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -44,6 +46,16 @@ PROVIDER_ERRORS = Counter("chat_provider_errors", "Provider failures by code.", 
 REFUSALS = Counter("chat_refusals", "Turns refused before streaming, by code.", ["code"])
 RESUMES = Counter("chat_resumes", "Resumed streams.", ["source"])
 CANCELS = Counter("chat_cancels", "Cancel requests.")
+COST = Counter(
+    "chat_cost",
+    "Cost of AI calls (replies and extractions) in the price's currency.",
+    ["provider", "model", "currency"],
+)
+CACHE_TOKENS = Counter(
+    "chat_cache_tokens",
+    "Input tokens read from (read) or written to (write) the provider's prompt cache.",
+    ["provider", "model", "kind"],
+)
 
 
 def record_turn(
@@ -67,6 +79,20 @@ def record_turn(
     TOKENS.labels("output").inc(output_tokens)
     if error_code and error_code.startswith("ai_"):
         PROVIDER_ERRORS.labels(error_code).inc()
+
+
+def record_usage_lines(lines: Iterable[Any]) -> None:
+    """Count the cost and cache tokens of usage ledger lines once they are stored (called
+    once per written line: never per chunk or token). Each line has ``provider``,
+    ``model``, ``currency``, ``cost``, ``cache_read_tokens`` and ``cache_write_tokens``."""
+    for line in lines:
+        provider, model = line.provider, line.model
+        if line.cost:
+            COST.labels(provider, model, line.currency).inc(float(line.cost))
+        if line.cache_read_tokens:
+            CACHE_TOKENS.labels(provider, model, "read").inc(line.cache_read_tokens)
+        if line.cache_write_tokens:
+            CACHE_TOKENS.labels(provider, model, "write").inc(line.cache_write_tokens)
 
 
 def _allowed(request: HttpRequest) -> bool:
