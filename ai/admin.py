@@ -39,6 +39,7 @@ class QuotaAdmin(admin.ModelAdmin):
         "period",
         "requests",
         "tokens",
+        "cost",
         "requests_reserved",
         "tokens_reserved",
         "resets_at",
@@ -52,6 +53,8 @@ class QuotaAdmin(admin.ModelAdmin):
         "tokens_used",
         "requests_reserved",
         "tokens_reserved",
+        "cost_used",
+        "cost_reserved",
         "period_started_at",
         "resets_at",
         "updated_at",
@@ -66,6 +69,10 @@ class QuotaAdmin(admin.ModelAdmin):
     def tokens(self, obj: Quota) -> str:
         return f"{obj.tokens_used} / {obj.tokens_limit}"
 
+    @admin.display(description="cost used / limit")
+    def cost(self, obj: Quota) -> str:
+        return f"{obj.cost_used} / {obj.cost_limit if obj.cost_limit is not None else '-'}"
+
     def get_readonly_fields(self, request: HttpRequest, obj: Quota | None = None) -> Any:
         if obj is not None:
             return ("user", *self.readonly_fields)
@@ -78,6 +85,7 @@ class QuotaAdmin(admin.ModelAdmin):
             period=form.cleaned_data["period"],
             requests_limit=form.cleaned_data["requests_limit"],
             tokens_limit=form.cleaned_data["tokens_limit"],
+            cost_limit=form.cleaned_data.get("cost_limit"),
         )
         if not change:
             obj.pk = quota.pk

@@ -35,6 +35,16 @@ class Quota(models.Model):
     tokens_used = models.PositiveBigIntegerField(default=0)
     requests_reserved = models.PositiveIntegerField(default=0)
     tokens_reserved = models.PositiveBigIntegerField(default=0)
+    # Money, in the prices' currency (docs/api.md#quota): no limit when null.
+    cost_limit = models.DecimalField(
+        max_digits=14,
+        decimal_places=8,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal(0))],
+    )
+    cost_used = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
+    cost_reserved = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
     period_started_at = models.DateTimeField()
     resets_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -44,6 +54,9 @@ class Quota(models.Model):
             models.CheckConstraint(
                 condition=Q(requests_reserved__gte=0) & Q(tokens_reserved__gte=0),
                 name="quota_reserved_not_negative",
+            ),
+            models.CheckConstraint(
+                condition=Q(cost_reserved__gte=0), name="quota_cost_reserved_not_negative"
             ),
         ]
 
@@ -71,11 +84,14 @@ class Reservation(models.Model):
         related_name="reservation",
     )
     tokens = models.PositiveBigIntegerField(default=0)
+    # The most the reply may cost (its worst case at the model's price).
+    cost = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
     # The period the reservation was taken in: a reset in between must not make it count twice.
     period_started_at = models.DateTimeField()
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.HELD)
     requests_charged = models.PositiveIntegerField(default=0)
     tokens_charged = models.PositiveBigIntegerField(default=0)
+    cost_charged = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
     created_at = models.DateTimeField(auto_now_add=True)
     closed_at = models.DateTimeField(null=True, blank=True)
 

@@ -15,6 +15,16 @@ class QuotaOutputSerializer(serializers.Serializer):
     tokens_limit = serializers.IntegerField()
     tokens_used = serializers.IntegerField()
     tokens_remaining = serializers.IntegerField()
+    cost_limit = serializers.DecimalField(
+        max_digits=14,
+        decimal_places=8,
+        allow_null=True,
+        help_text="Money per period in the prices' currency (decimal string); null: no limit.",
+    )
+    cost_used = serializers.DecimalField(max_digits=14, decimal_places=8)
+    cost_remaining = serializers.DecimalField(
+        max_digits=14, decimal_places=8, allow_null=True, help_text="Null when no cost limit."
+    )
     resets_at = serializers.CharField(
         allow_null=True, help_text="ISO 8601 (UTC) when the counters reset; null for period none."
     )

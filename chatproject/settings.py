@@ -4,6 +4,7 @@ Every setting docs/api.md lists is an environment variable read here through
 django-environ; nothing else in the project reads ``os.environ``.
 """
 
+from decimal import Decimal
 from pathlib import Path
 
 import environ
@@ -299,6 +300,10 @@ CHAT_STALE_SECONDS = env.float("CHAT_STALE_SECONDS", default=30.0)
 QUOTA_PERIOD = env.str("QUOTA_PERIOD", default="day")
 QUOTA_REQUESTS_LIMIT = env.int("QUOTA_REQUESTS_LIMIT", default=200)
 QUOTA_TOKENS_LIMIT = env.int("QUOTA_TOKENS_LIMIT", default=500_000)
+# New users' money limit per period, in the prices' currency (a decimal); unset: none.
+QUOTA_COST_LIMIT = (
+    Decimal(_cost_limit) if (_cost_limit := env.str("QUOTA_COST_LIMIT", default="")) else None
+)
 FLOWS_EXTRACTION_ENABLED = env.bool("FLOWS_EXTRACTION_ENABLED", default=True)
 
 # --- Operations ----------------------------------------------------------------------------------

@@ -126,12 +126,15 @@ def turn_finish(
         )
         extraction = _extraction_used(extraction_usage, extraction_error)
         tokens = reply_tokens_charged(outcome) + (extraction.total if extraction else 0)
+        # The real cost of both calls: the ledger's cost lines of the turn, summed.
+        cost = outcome.usage.cost + (extraction.cost if extraction else 0)
         settled = reservation_close_locked(
             user=message.user,
             reservation_id=turn.reservation_id,
             reserved=turn.reserved,
             requests=reply_requests_charged(outcome),
             tokens=tokens,
+            cost=cost,
         )
         charged = settled is not None and settled.tokens_charged == tokens
         usage_records_create(  # one INSERT for the reply and the extraction

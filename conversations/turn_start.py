@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from django.conf import settings
@@ -13,6 +14,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
+from ai.pricing import COST_QUANTUM, MILLION, price_for
 from ai.prompts import model_prompt_tokens, system_prompt_for
 from ai.providers.base import ChatMessage
 from ai.quota.selectors import quota_as_dict
@@ -39,8 +41,9 @@ class PreparedTurn:
     reservation_id: uuid.UUID
     history: list[ChatMessage]
     quota: dict[str, Any]
-    #: The reservation's tokens and quota period, as made (settling needs not read it back).
-    reserved: tuple[int, datetime] | None = None
+    #: The reservation's tokens, quota period and cost, as made (settling needs not read
+    #: it back).
+    reserved: tuple[int, datetime, Decimal] | None = None
 
 
 #: The context's fields a turn reads (the system prompt, the metadata event).
@@ -92,21 +95,41 @@ class TurnRequest:
     worker: str
 
 
-def turn_reservation_tokens(
-    system: str, history: list[ChatMessage], *, context_name: str, today: date
-) -> int:
-    """Tokens a turn reserves before any call is made (docs/api.md#quota): the prompt the
-    model will see plus the longest reply and, when flow extraction is on, the most the
-    extraction call after the reply may spend (:func:`extraction_reservation_tokens`)."""
-    tokens = model_prompt_tokens(system, history) + settings.AI_MAX_OUTPUT_TOKENS
+def turn_reservation(
+    system: str,
+    history: list[ChatMessage],
+    *,
+    context_name: str,
+    provider: str,
+    model: str,
+    at: datetime,
+) -> tuple[int, Decimal]:
+    """Tokens and cost a turn reserves before any call is made (docs/api.md#quota).
+
+    Tokens: the prompt the model will see plus the longest reply and, when flow extraction
+    is on, the most the extraction call after the reply may spend
+    (:func:`extraction_reservation_tokens`). Cost, the worst case at the model's price
+    valid at ``at`` (0 for an unpriced model): the prompt at the dearer of the input and
+    cache-write rates, and the rest at the dearest rate of all (the output rate for known
+    models), so the real cost never passes it while the provider keeps to the estimate.
+    """
+    prompt = model_prompt_tokens(system, history)
+    tokens = prompt + settings.AI_MAX_OUTPUT_TOKENS
     if settings.FLOWS_EXTRACTION_ENABLED:
         tokens += extraction_reservation_tokens(
             messages=history,
             context_name=context_name,
-            today=today,
+            today=at.date(),
             reply_max_tokens=settings.AI_MAX_OUTPUT_TOKENS,
         )
-    return tokens
+    price = price_for(provider, model, at)
+    if price is None:
+        return tokens, Decimal(0).quantize(COST_QUANTUM)
+    prompt_rate = max(price.input_per_mtok, price.cache_write_per_mtok)
+    rest_rate = max(prompt_rate, price.output_per_mtok)
+    cost = (prompt * prompt_rate + (tokens - prompt) * rest_rate) / MILLION
+    # Rounded up to the stored precision: the hold never falls short of the worst case.
+    return tokens, cost.quantize(COST_QUANTUM, rounding=ROUND_CEILING)
 
 
 def turn_prepare(*, user: AbstractBaseUser, request: TurnRequest) -> PreparedTurn:
@@ -176,11 +199,18 @@ def turn_prepare(*, user: AbstractBaseUser, request: TurnRequest) -> PreparedTur
         )
         sql.insert([user_message, assistant_message])  # one INSERT
         system = system_prompt_for(context_name=context.name, instructions=context.instructions)
+        tokens, cost = turn_reservation(
+            system,
+            history,
+            context_name=context.name,
+            provider=request.provider,
+            model=request.model,
+            at=now,
+        )
         reservation = quota_reserve_locked(
             quota=quota,
-            tokens=turn_reservation_tokens(
-                system, history, context_name=context.name, today=now.date()
-            ),
+            tokens=tokens,
+            cost=cost,
             message_id=assistant_message.id,
             now=now,
         )
@@ -195,7 +225,7 @@ def turn_prepare(*, user: AbstractBaseUser, request: TurnRequest) -> PreparedTur
             user_message=user_message,
             assistant_message=assistant_message,
             reservation_id=reservation.pk,
-            reserved=(reservation.tokens, reservation.period_started_at),
+            reserved=(reservation.tokens, reservation.period_started_at, reservation.cost),
             history=history,
             quota=quota_as_dict(quota),
         )

@@ -9,6 +9,7 @@ used counters go to 0; the reserved ones belong to replies in flight and stay).
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 DAY, WEEK, MONTH, NONE = "day", "week", "month", "none"
@@ -63,6 +64,7 @@ def new_period(period: str, *, now: datetime) -> dict[str, Any]:
     return {
         "requests_used": 0,
         "tokens_used": 0,
+        "cost_used": Decimal(0),
         "period_started_at": period_start(period, now=now),
         "resets_at": period_next_reset(period, now=now),
     }
@@ -71,3 +73,10 @@ def new_period(period: str, *, now: datetime) -> dict[str, Any]:
 def remaining(limit: int, used: int, reserved: int) -> int:
     """What is left of ``limit`` beside what is used and held by replies in flight (>= 0)."""
     return max(0, limit - used - reserved)
+
+
+def cost_remaining(limit: Decimal | None, used: Decimal, reserved: Decimal) -> Decimal | None:
+    """What is left of a cost ``limit`` beside what is used and held (>= 0); None: no limit."""
+    if limit is None:
+        return None
+    return max(Decimal(0), limit - used - reserved)

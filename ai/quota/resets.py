@@ -1,7 +1,7 @@
 """Quota resets and limits set by hand: ``manage.py reset_quotas`` and the admin.
 
-A reset starts a period over (used counters to 0) and never touches ``*_reserved``: those
-belong to replies in flight, which then charge nothing when they close (see
+A reset starts a period over (used counters, cost included, to 0) and never touches
+``*_reserved``: those belong to replies in flight, which then charge nothing when they close (see
 :mod:`ai.quota.services`). Limits change without touching any counter.
 """
 
@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from decimal import Decimal
+from typing import Any, Final
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
@@ -34,6 +35,8 @@ class QuotaResetResult:
     requests_reserved: int
     tokens_reserved: int
     resets_at: datetime | None
+    cost_used: Decimal = Decimal(0)
+    cost_reserved: Decimal = Decimal(0)
 
 
 def quota_reset(
@@ -86,9 +89,15 @@ def quota_reset(
                 requests_reserved=quota.requests_reserved,
                 tokens_reserved=quota.tokens_reserved,
                 resets_at=fields["resets_at"],
+                cost_used=quota.cost_used,
+                cost_reserved=quota.cost_reserved,
             )
         )
     return results
+
+
+#: ``quota_set_limits(cost_limit=KEEP)``: leave the cost limit as it is.
+KEEP: Final = object()
 
 
 def quota_set_limits(
@@ -97,9 +106,13 @@ def quota_set_limits(
     period: str,
     requests_limit: int,
     tokens_limit: int,
+    cost_limit: Decimal | object | None = KEEP,
     now: datetime | None = None,
 ) -> Quota:
     """Change a quota's period and limits without touching its counters (admin override).
+
+    ``cost_limit``: money per period (a Decimal >= 0), None for no limit, or :data:`KEEP`
+    (the default) to leave it unchanged.
 
     Writes only these fields (plus ``resets_at`` when the period changes, to the end of the
     new calendar period from ``now``), so a concurrent reservation is never overwritten.
@@ -111,6 +124,10 @@ def quota_set_limits(
         "tokens_limit": tokens_limit,
         "updated_at": now,
     }
+    if cost_limit is not KEEP:
+        if cost_limit is not None and Decimal(cost_limit) < 0:  # type: ignore[arg-type]
+            raise ValueError("cost_limit must not be negative")
+        fields["cost_limit"] = cost_limit
     current = Quota.objects.filter(pk=quota.pk).values_list("period", flat=True).get()
     if current != period:
         fields["resets_at"] = period_next_reset(period, now=now)

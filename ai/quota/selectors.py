@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -17,16 +18,26 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
 from ai.models import Quota
-from ai.quota.periods import is_due, new_period, period_next_reset, period_start, remaining
+from ai.pricing import COST_QUANTUM
+from ai.quota.periods import (
+    cost_remaining,
+    is_due,
+    new_period,
+    period_next_reset,
+    period_start,
+    remaining,
+)
 
 
 def quota_as_dict(quota: Quota) -> dict[str, Any]:
     """The Quota resource of a loaded row, as stored (no database access, no reset).
 
     Keys: period, requests_limit, requests_used, requests_remaining, tokens_limit,
-    tokens_used, tokens_remaining, resets_at (ISO 8601 or None). ``*_remaining`` is
-    limit - used - reserved (replies in flight), floored at 0.
+    tokens_used, tokens_remaining, cost_limit, cost_used, cost_remaining (decimal strings;
+    the limit and what remains None when there is no cost limit), resets_at (ISO 8601 or
+    None). ``*_remaining`` is limit - used - reserved (replies in flight), floored at 0.
     """
+    cost_left = cost_remaining(quota.cost_limit, quota.cost_used, quota.cost_reserved)
     return {
         "period": quota.period,
         "requests_limit": quota.requests_limit,
@@ -37,8 +48,18 @@ def quota_as_dict(quota: Quota) -> dict[str, Any]:
         "tokens_limit": quota.tokens_limit,
         "tokens_used": quota.tokens_used,
         "tokens_remaining": remaining(quota.tokens_limit, quota.tokens_used, quota.tokens_reserved),
+        "cost_limit": _money(quota.cost_limit),
+        "cost_used": _money(quota.cost_used),
+        "cost_remaining": _money(cost_left),
         "resets_at": quota.resets_at.astimezone(UTC).isoformat() if quota.resets_at else None,
     }
+
+
+def _money(value: Decimal | int | None) -> str | None:
+    """A cost as a decimal string at the ledger's precision (None stays None)."""
+    if value is None:
+        return None
+    return format(Decimal(value).quantize(COST_QUANTUM), "f")
 
 
 def quota_default(*, user: AbstractBaseUser, now: datetime) -> Quota:
@@ -50,6 +71,7 @@ def quota_default(*, user: AbstractBaseUser, now: datetime) -> Quota:
         period=period,
         requests_limit=settings.QUOTA_REQUESTS_LIMIT,
         tokens_limit=settings.QUOTA_TOKENS_LIMIT,
+        cost_limit=settings.QUOTA_COST_LIMIT,
         period_started_at=period_start(period, now=now),
         resets_at=period_next_reset(period, now=now),
     )

@@ -9,8 +9,9 @@ and ``conversations.turn_finish``):
    the lazy reset applied. Holding it, the turn counts its open streams, stores its
    messages and calls :func:`quota_reserve_locked`: one request and an *estimate* of the
    tokens (the prompt plus the most the model may write, plus the most the flow extraction
-   after the reply may spend) must fit beside what is used and what replies in flight
-   hold; they move into ``*_reserved`` and a held :class:`~ai.models.Reservation` names
+   after the reply may spend), and, when the quota has a ``cost_limit``, the worst case of
+   their cost at the model's price, must fit beside what is used and what replies in
+   flight hold; they move into ``*_reserved`` and a held :class:`~ai.models.Reservation` names
    the reply's message. One user's turns are serialized on the lock, so concurrent turns
    never together pass a limit. A refusal raises :class:`~ai.errors.QuotaExceeded` (429,
    ``Retry-After``) and rolls the turn's start back.
@@ -18,8 +19,9 @@ and ``conversations.turn_finish``):
    :func:`reservation_close_locked` locks the row again and closes the reservation by a
    conditional update on its status, so it is counted once whoever closes it. Its hold
    leaves ``*_reserved``; what was used (one request for a reply that delivered output,
-   the tokens the provider counted) goes to ``*_used``. Real tokens may pass the estimate:
-   ``*_used`` may then pass the limit and ``*_remaining`` floors at 0 until the reset.
+   the tokens the provider counted, what those calls cost) goes to ``*_used``. Real tokens
+   may pass the estimate: ``*_used`` may then pass the limit and ``*_remaining`` floors at
+   0 until the reset.
 3. **Release** when the turn fails before its outcome is stored: :func:`quota_release`,
    the same close charging nothing (also the admin's release action).
 4. **Safety net**: the stale-reply sweeper (``conversations.streaming.recovery``) calls
@@ -47,6 +49,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -103,7 +106,21 @@ def quota_lock(*, user: AbstractBaseUser, now: datetime | None = None) -> Quota:
     return quota
 
 
-def _retry_after(quota: Quota, *, tokens: int, now: datetime) -> int:
+def _limit_hit(quota: Quota, *, tokens: int, cost: Decimal) -> str | None:
+    """Which limit a new reservation of one request, ``tokens`` and ``cost`` would pass
+    beside what is used and held (``requests``, ``tokens`` or ``cost``), or None if it fits."""
+    if quota.requests_used + quota.requests_reserved >= quota.requests_limit:
+        return "requests"
+    if quota.tokens_used + quota.tokens_reserved + tokens > quota.tokens_limit:
+        return "tokens"
+    if quota.cost_limit is not None and (
+        quota.cost_used + quota.cost_reserved + cost > quota.cost_limit
+    ):
+        return "cost"
+    return None
+
+
+def _retry_after(quota: Quota, *, tokens: int, cost: Decimal, now: datetime) -> int:
     """Seconds a refused client should wait: until the reset, or less if only replies in
     flight are in the way (they settle or release soon)."""
     until_reset = (
@@ -114,8 +131,10 @@ def _retry_after(quota: Quota, *, tokens: int, now: datetime) -> int:
     fits_without_in_flight = (
         quota.requests_used < quota.requests_limit
         and quota.tokens_used + tokens <= quota.tokens_limit
+        and (quota.cost_limit is None or quota.cost_used + cost <= quota.cost_limit)
     )
-    if fits_without_in_flight and (quota.requests_reserved or quota.tokens_reserved):
+    in_flight = quota.requests_reserved or quota.tokens_reserved or quota.cost_reserved
+    if fits_without_in_flight and in_flight:
         return min(until_reset, RETRY_AFTER_IN_FLIGHT_SECONDS)
     return until_reset
 
@@ -124,42 +143,51 @@ def quota_reserve_locked(
     *,
     quota: Quota,
     tokens: int,
+    cost: Decimal = Decimal(0),
     message_id: uuid.UUID | str | None = None,
     now: datetime | None = None,
 ) -> Reservation:
-    """Hold one request and ``tokens`` of a quota the caller holds with :func:`quota_lock`.
+    """Hold one request, ``tokens`` and ``cost`` of a quota the caller holds with
+    :func:`quota_lock`.
 
-    ``tokens`` is the estimate of what the reply may use; the real count replaces it when
-    the reservation closes. The rule: requests_used + requests_reserved < requests_limit
-    and tokens_used + tokens_reserved + tokens <= tokens_limit. ``message_id`` is the
-    reply the reservation pays for (the sweeper finds it by that). ``quota`` is updated in
-    memory too. Raises :class:`~ai.errors.QuotaExceeded` (429, data ``{"quota": ...}``,
-    header ``Retry-After``).
+    ``tokens`` is the estimate of what the reply may use and ``cost`` the most it may cost
+    (its worst case at the model's price); the real ones replace them when the reservation
+    closes. The rule: requests_used + requests_reserved < requests_limit, tokens_used +
+    tokens_reserved + tokens <= tokens_limit and, when there is a cost limit, cost_used +
+    cost_reserved + cost <= cost_limit. ``message_id`` is the reply the reservation pays
+    for (the sweeper finds it by that). ``quota`` is updated in memory too. Raises
+    :class:`~ai.errors.QuotaExceeded` (429, data ``{"quota": ..., "limit": "requests" |
+    "tokens" | "cost"}``, header ``Retry-After``).
     """
-    if tokens < 0:
-        raise ValueError("tokens must not be negative")
+    if tokens < 0 or cost < 0:
+        raise ValueError("tokens and cost must not be negative")
     now = now or timezone.now()
-    if not (
-        quota.requests_used + quota.requests_reserved < quota.requests_limit
-        and quota.tokens_used + quota.tokens_reserved + tokens <= quota.tokens_limit
-    ):
+    limit = _limit_hit(quota, tokens=tokens, cost=cost)
+    if limit is not None:
         raise QuotaExceeded(
-            data={"quota": quota_as_dict(quota)},
-            headers={"Retry-After": str(_retry_after(quota, tokens=tokens, now=now))},
+            data={"quota": quota_as_dict(quota), "limit": limit},
+            headers={"Retry-After": str(_retry_after(quota, tokens=tokens, cost=cost, now=now))},
         )
     # Every turn runs this: plain SQL (core.sql), one UPDATE and one INSERT.
     sql.update(
         Quota,
-        {"requests_reserved": sql.Add(1), "tokens_reserved": sql.Add(tokens), "updated_at": now},
+        {
+            "requests_reserved": sql.Add(1),
+            "tokens_reserved": sql.Add(tokens),
+            "cost_reserved": sql.Add(cost),
+            "updated_at": now,
+        },
         {"id": quota.pk},
     )
     quota.requests_reserved += 1
     quota.tokens_reserved += tokens
+    quota.cost_reserved += cost
     quota.updated_at = now
     reservation = Reservation(
         user_id=quota.user_id,
         message_id=message_id,
         tokens=tokens,
+        cost=cost,
         period_started_at=quota.period_started_at,
     )
     sql.insert([reservation])
@@ -172,6 +200,7 @@ class Settlement:
 
     requests_charged: int
     tokens_charged: int
+    cost_charged: Decimal
     quota: dict[str, Any]
 
 
@@ -181,38 +210,40 @@ def reservation_close_locked(
     reservation_id: uuid.UUID | str,
     requests: int,
     tokens: int,
+    cost: Decimal = Decimal(0),
     now: datetime | None = None,
-    reserved: tuple[int, datetime] | None = None,
+    reserved: tuple[int, datetime, Decimal] | None = None,
 ) -> Settlement | None:
     """Close a held reservation in the caller's transaction, charging ``requests`` (1 for
-    a reply that delivered output, else 0) and ``tokens`` (what the provider used); 0 and 0
-    release it.
+    a reply that delivered output, else 0), ``tokens`` (what the provider used) and
+    ``cost`` (what those calls cost at the model's price); 0, 0 and 0 release it.
 
     Locks the quota row (:func:`quota_lock`), closes the reservation if it is still held
     (a conditional update: idempotent), moves its hold out of ``*_reserved`` (never below
     0) and the charge into ``*_used``, of the current period even if the reservation was
     taken in an earlier one (the lazy reset has run first; the reply is charged once, when
-    it settles, not dropped). ``reserved``, the reservation's tokens and period as
+    it settles, not dropped). ``reserved``, the reservation's tokens, period and cost as
     the turn made it, saves reading it back. Returns None, changing nothing, when the
     reservation was closed already (released by the sweeper, say): the caller must then
     not record a charge either.
     """
-    if requests < 0 or tokens < 0:
-        raise ValueError("requests and tokens must not be negative")
+    if requests < 0 or tokens < 0 or cost < 0:
+        raise ValueError("requests, tokens and cost must not be negative")
     now = now or timezone.now()
     quota = quota_lock(user=user, now=now)
     if reserved is None:
         row = (
             Reservation.objects.filter(pk=reservation_id, status=Reservation.Status.HELD)
-            .values("tokens", "period_started_at")
+            .values("tokens", "period_started_at", "cost")
             .first()
         )
         if row is None:
             return None
-        reserved = (row["tokens"], row["period_started_at"])
-    reserved_tokens, _reserved_period = reserved
-    charged_requests, charged_tokens = requests, tokens
-    status = Reservation.Status.SETTLED if requests or tokens else Reservation.Status.RELEASED
+        reserved = (row["tokens"], row["period_started_at"], row["cost"])
+    reserved_tokens, _reserved_period, reserved_cost = reserved
+    charged_requests, charged_tokens, charged_cost = requests, tokens, cost
+    charges = requests or tokens or cost
+    status = Reservation.Status.SETTLED if charges else Reservation.Status.RELEASED
     # Every turn runs these two: plain SQL (core.sql).
     closed = sql.update(
         Reservation,
@@ -220,6 +251,7 @@ def reservation_close_locked(
             "status": status,
             "requests_charged": charged_requests,
             "tokens_charged": charged_tokens,
+            "cost_charged": charged_cost,
             "closed_at": now,
         },
         {"id": reservation_id, "status": Reservation.Status.HELD},
@@ -230,6 +262,8 @@ def reservation_close_locked(
     quota.tokens_reserved = max(0, quota.tokens_reserved - reserved_tokens)
     quota.requests_used += charged_requests
     quota.tokens_used += charged_tokens
+    quota.cost_reserved = max(Decimal(0), quota.cost_reserved - reserved_cost)
+    quota.cost_used += charged_cost
     quota.updated_at = now
     sql.update(
         Quota,
@@ -238,12 +272,17 @@ def reservation_close_locked(
             "tokens_reserved": quota.tokens_reserved,
             "requests_used": quota.requests_used,
             "tokens_used": quota.tokens_used,
+            "cost_reserved": quota.cost_reserved,
+            "cost_used": quota.cost_used,
             "updated_at": now,
         },
         {"id": quota.pk},
     )
     return Settlement(
-        requests_charged=charged_requests, tokens_charged=charged_tokens, quota=quota_as_dict(quota)
+        requests_charged=charged_requests,
+        tokens_charged=charged_tokens,
+        cost_charged=charged_cost,
+        quota=quota_as_dict(quota),
     )
 
 

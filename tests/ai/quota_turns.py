@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
@@ -19,15 +20,23 @@ def reserve(
     *,
     message_id: uuid.UUID | None = None,
     now: datetime | None = None,
+    cost: Decimal = Decimal(0),
 ) -> Reservation:
     """A turn's start: lock the user's quota row and reserve on it, in one transaction."""
     with transaction.atomic():
         quota = quota_lock(user=user, now=now)
-        return quota_reserve_locked(quota=quota, tokens=tokens, message_id=message_id, now=now)
+        return quota_reserve_locked(
+            quota=quota, tokens=tokens, cost=cost, message_id=message_id, now=now
+        )
 
 
 def settle(
-    reservation: Reservation, *, requests: int, tokens: int, now: datetime | None = None
+    reservation: Reservation,
+    *,
+    requests: int,
+    tokens: int,
+    now: datetime | None = None,
+    cost: Decimal = Decimal(0),
 ) -> Settlement | None:
     """A turn's finish: close the reservation charging what was used, in one transaction."""
     with transaction.atomic():
@@ -36,5 +45,6 @@ def settle(
             reservation_id=reservation.pk,
             requests=requests,
             tokens=tokens,
+            cost=cost,
             now=now,
         )

@@ -238,6 +238,9 @@ def test_snapshot_shows_a_due_period_started_over_and_writes_nothing(user) -> No
         "tokens_limit": 1000,
         "tokens_used": 100,
         "tokens_remaining": 700,
+        "cost_limit": None,
+        "cost_used": "0.00000000",
+        "cost_remaining": None,
         "resets_at": "2026-03-05T00:00:00+00:00",
     }
     tomorrow = datetime(2026, 3, 5, 9, tzinfo=UTC)
@@ -276,6 +279,9 @@ def test_snapshot_of_a_user_without_a_quota_shows_the_defaults_and_creates_nothi
         "tokens_limit": 700,
         "tokens_used": 0,
         "tokens_remaining": 700,
+        "cost_limit": None,
+        "cost_used": "0.00000000",
+        "cost_remaining": None,
         "resets_at": "2026-03-09T00:00:00+00:00",
     }
     with transaction.atomic():

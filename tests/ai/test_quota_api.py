@@ -51,6 +51,9 @@ def test_shows_used_and_what_remains_with_replies_in_flight(api, user, other_use
         "tokens_limit": 1000,
         "tokens_used": 100,
         "tokens_remaining": 650,
+        "cost_limit": None,
+        "cost_used": "0.00000000",
+        "cost_remaining": None,
         "resets_at": None,
     }
 

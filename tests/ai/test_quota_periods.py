@@ -71,6 +71,7 @@ def test_a_new_period_zeroes_the_used_counters_only_and_skips_missed_periods() -
     assert new_period("day", now=utc(2026, 3, 20, 10)) == {
         "requests_used": 0,
         "tokens_used": 0,
+        "cost_used": 0,
         "period_started_at": utc(2026, 3, 20),
         "resets_at": utc(2026, 3, 21),
     }

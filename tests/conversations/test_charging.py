@@ -100,13 +100,13 @@ def test_a_reply_that_settles_after_its_period_rolled_over_is_charged() -> None:
     user = factories.make_user("rollover")
     turn = start_turn(user)
     assert turn.reserved is not None
-    reserved_tokens, period = turn.reserved
+    reserved_tokens, period, reserved_cost = turn.reserved
     earlier = period - timedelta(days=1)
     Quota.objects.filter(user=user).update(
         requests_used=5, tokens_used=500, period_started_at=earlier, resets_at=timezone.now()
     )
     Reservation.objects.filter(pk=turn.reservation_id).update(period_started_at=earlier)
-    turn.reserved = (reserved_tokens, earlier)
+    turn.reserved = (reserved_tokens, earlier, reserved_cost)
 
     finish(turn, "complete", "Monday: plan.")
 

@@ -45,7 +45,7 @@ def test_server_history_is_the_last_messages_ending_with_the_new_one(user, setti
     ]
     assert stored[0].id == turn.assistant_message.id and stored[1].id == turn.user_message.id
     reservation = Reservation.objects.get(pk=turn.reservation_id)
-    assert turn.reserved == (reservation.tokens, reservation.period_started_at)
+    assert turn.reserved == (reservation.tokens, reservation.period_started_at, reservation.cost)
     conversation.refresh_from_db()
     assert conversation.updated_at >= turn.user_message.created_at - timedelta(seconds=1)
 
