@@ -3,17 +3,21 @@ models' prices (with the models in use that have none)."""
 
 from __future__ import annotations
 
+import csv
+from collections.abc import Iterator
 from typing import Any
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.urls import URLPattern, path, reverse
 
+from ai.charts import cost_by_day_svg
 from ai.models import ModelPrice, Quota, Reservation, UsageRecord
 from ai.pricing import FREE_PROVIDERS, price_for, unpriced_models
 from ai.quota.resets import quota_reset, quota_set_limits
 from ai.quota.services import quota_get_or_create, quota_release
-from ai.selectors import usage_totals_by_user_and_day
+from ai.selectors import usage_cost_by_day, usage_totals, usage_totals_by_user_and_day
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -139,7 +143,9 @@ class ReservationAdmin(ReadOnlyAdmin):
 
 @admin.register(UsageRecord)
 class UsageRecordAdmin(ReadOnlyAdmin):
-    """The usage ledger, with totals per user and day for the filtered records."""
+    """The usage ledger. Above the list, for the records the filters select: their totals
+    (tokens by kind, cost), a chart of cost by day and a CSV export; below it, totals per
+    user and day."""
 
     list_display = (
         "created_at",
@@ -180,8 +186,90 @@ class UsageRecordAdmin(ReadOnlyAdmin):
         context = getattr(response, "context_data", None)
         if context is not None and "cl" in context:
             # Totals follow the changelist's filters, search and date drill-down.
-            context["usage_totals"] = usage_totals_by_user_and_day(queryset=context["cl"].queryset)
+            records = context["cl"].queryset
+            context["usage_totals"] = usage_totals_by_user_and_day(queryset=records)
+            context["usage_sums"] = usage_totals(records)
+            context["usage_chart"] = cost_by_day_svg(usage_cost_by_day(records))
+            query = request.GET.urlencode()
+            context["usage_csv_url"] = reverse("admin:ai_usagerecord_csv") + (
+                f"?{query}" if query else ""
+            )
         return response
+
+    def get_urls(self) -> list[URLPattern]:
+        csv_view = self.admin_site.admin_view(self.csv_view)
+        return [path("csv/", csv_view, name="ai_usagerecord_csv"), *super().get_urls()]
+
+    def csv_view(self, request: HttpRequest) -> HttpResponse:
+        """The records the changelist's filters (the same query string) select, as CSV,
+        streamed row by row."""
+        if not self.has_view_permission(request):
+            return HttpResponse("Forbidden\n", status=403, content_type="text/plain")
+        records = self.get_changelist_instance(request).queryset.select_related("user")
+        response = StreamingHttpResponse(
+            _csv_lines(records.order_by("-created_at", "-id")), content_type="text/csv"
+        )
+        response["Content-Disposition"] = 'attachment; filename="usage.csv"'
+        return response
+
+
+#: The CSV export's columns: ledger fields (``user`` is the username).
+CSV_COLUMNS = (
+    "created_at",
+    "user",
+    "purpose",
+    "outcome",
+    "provider",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "estimated",
+    "cost",
+    "currency",
+    "tokens_charged",
+    "conversation_id",
+    "message_id",
+    "error_code",
+    "duration_ms",
+)
+
+
+class _Echo:
+    """A file-like object whose ``write`` hands the line back, for streaming csv.writer."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def _csv_lines(records: QuerySet[UsageRecord]) -> Iterator[str]:
+    """The header, then one CSV line per record, read from the database in chunks."""
+    writer = csv.writer(_Echo())
+    yield writer.writerow(CSV_COLUMNS)
+    for record in records.iterator(chunk_size=2000):
+        yield writer.writerow(
+            [
+                record.created_at.isoformat(),
+                record.user.get_username(),
+                record.purpose,
+                record.outcome,
+                record.provider,
+                record.model,
+                record.input_tokens,
+                record.output_tokens,
+                record.cache_read_tokens,
+                record.cache_write_tokens,
+                record.estimated,
+                f"{record.cost:.8f}",
+                record.currency,
+                record.tokens_charged,
+                record.conversation_id or "",
+                record.message_id or "",
+                record.error_code,
+                record.duration_ms,
+            ]
+        )
 
 
 @admin.register(ModelPrice)
