@@ -197,14 +197,15 @@ def test_a_turn_runs_a_bounded_number_of_statements(user):
     context = factories.make_context(user)
     quota_get_or_create(user=user)
     payload = {"context_id": str(context.id), "messages": [{"role": "user", "content": "Hi"}]}
+    # The price table is read once a minute per process (ai/pricing.py), not per turn: load it
+    # first, as a running server has (another test may just have cleared it).
+    price_for("mock", "mock-1", timezone.now())
     with CaptureQueriesContext(connection) as prepared:
         turn, _provider = prepare_turn(user=user, payload=payload)
     outcome = ReplyOutcome(
         status=Message.Status.COMPLETE, finish_reason="stop", content="Hello",
         usage=USAGE,
     )  # fmt: skip
-    # The price table is read once a minute per process (ai/pricing.py), not per turn.
-    price_for(turn.assistant_message.provider, turn.assistant_message.model, timezone.now())
     with CaptureQueriesContext(connection) as finished:
         turn_finish(turn=turn, outcome=outcome, drafts=[], extraction_usage=USAGE)
     # BEGIN/COMMIT included where the backend logs them (SQLite's BEGIN IMMEDIATE).
