@@ -43,6 +43,9 @@ class Conversation(models.Model):
     )
     context = models.ForeignKey(Context, on_delete=models.CASCADE, related_name="conversations")
     title = models.CharField(max_length=200, blank=True, default="")
+    # A title the user set (PATCH, admin) is never overwritten by a generated one
+    # (docs/api.md#titles).
+    title_set_by_user = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -110,6 +113,13 @@ class Message(models.Model):
     worker = models.CharField(max_length=128, blank=True, default="")
     # Set by a cancel that reached another process; the generation's owner honours it.
     cancel_requested = models.BooleanField(default=False)
+    # Replaced by a regenerate or an edit (docs/api.md#steering): kept, never shown to the
+    # model again, left out of the messages list unless asked for.
+    superseded = models.BooleanField(default=False)
+    # An assistant reply's user message (the one it answers; regenerate answers it again).
+    reply_to = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replies"
+    )
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -136,3 +146,33 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role} {self.id}"
+
+
+class IdempotencyKey(models.Model):
+    """A chat POST's ``Idempotency-Key`` and the turn it started (docs/api.md#idempotency).
+
+    The unique constraint (not a check-then-insert) makes a retry that reaches another
+    process at the same moment find the first turn instead of starting a second one. Keys
+    older than ``IDEMPOTENCY_KEY_TTL_SECONDS`` (24 hours) are free to be used again.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="idempotency_keys"
+    )
+    key = models.CharField(max_length=255)
+    # SHA-256 of the request's route and canonical body: the same key with another body is 422.
+    request_hash = models.CharField(max_length=64)
+    message = models.ForeignKey(
+        Message, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "key"], name="idempotency_key_unique_per_user"),
+        ]
+        indexes = [models.Index(fields=["created_at"], name="idempotency_created_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}:{self.key}"
