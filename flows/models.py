@@ -50,6 +50,8 @@ class Flow(models.Model):
     due_date = models.DateField(null=True, blank=True)
     reminder_enabled = models.BooleanField(default=True)
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.OPEN)
+    # When the ``flow.due`` reminder was handed to the webhooks outbox (once per due date).
+    due_notified_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -69,3 +71,45 @@ class Flow(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+class FlowEvent(models.Model):
+    """One change of a flow, for its history (docs/api.md#flow-history) and its webhooks.
+
+    ``changes`` holds the changed fields' new values (for ``created``, the flow's fields).
+    ``source_message`` is the message whose turn made the change (none for a user's PATCH).
+    """
+
+    class Kind(models.TextChoices):
+        CREATED = "created"
+        UPDATED = "updated"
+        DONE = "done"
+        REOPENED = "reopened"
+
+    class Actor(models.TextChoices):
+        USER = "user"
+        EXTRACTION = "extraction"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    flow = models.ForeignKey(Flow, on_delete=models.CASCADE, related_name="events")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="flow_events"
+    )
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    actor = models.CharField(max_length=16, choices=Actor.choices)
+    source_message = models.ForeignKey(
+        "conversations.Message",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    changes = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["flow", "created_at"], name="flow_event_flow_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.flow_id}"
