@@ -66,10 +66,16 @@ test: install-dev
 bench: $(VENV)/.installed-bench
 	$(PY) bench/run.py $(BENCH_ARGS)
 
-# N daphne processes (default 2) on PostgreSQL + Redis behind a private nginx (docs/operations.md).
+# N daphne processes (default 2) on PostgreSQL + Redis behind a private nginx; with HOSTS=N,
+# across hosts: N app hosts, a data host and a proxy host in network namespaces (root;
+# docs/operations.md).
 cluster: install $(LOCAL_SECRET_KEY)
 	bash scripts/ensure_nginx.sh
+ifdef HOSTS
+	$(PY) scripts/netns_cluster.py $(HOSTS)
+else
 	$(PY) scripts/cluster.py $(N)
+endif
 
 clean:
 	rm -rf $(VENV) staticfiles db.sqlite3* .test-db.sqlite3*
