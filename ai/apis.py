@@ -1,5 +1,6 @@
-"""The caller's quota and usage: ``GET /api/v1/quota/`` (docs/api.md#quota) and
-``GET /api/v1/usage/`` (docs/api.md#usage-report)."""
+"""The caller's quota and usage: ``GET /api/v1/quota/`` (docs/api.md#quota),
+``GET /api/v1/usage/`` (docs/api.md#usage-report), and the models a client may pick:
+``GET /api/v1/models/`` (docs/api.md#routing)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from ai.pricing import price_for
 from ai.quota.selectors import quota_snapshot
+from ai.routing import allowed_routes, configured_routes
 from ai.selectors import usage_summary
-from ai.serializers import QuotaOutputSerializer, UsageOutputSerializer
+from ai.serializers import ModelListSerializer, QuotaOutputSerializer, UsageOutputSerializer
 from core.errors import InvalidRequest
 from core.http import choice_query_param
 
@@ -86,3 +89,44 @@ class UsageApi(APIView):
             user=request.user, date_from=date_from, date_to=date_to, group_by=group_by
         )
         return Response(UsageOutputSerializer(summary).data)
+
+
+class ModelsApi(APIView):
+    """The routes a client may pick with the chat body's ``model``, with their prices."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        operation_id="models_list",
+        tags=["models"],
+        summary="Models a client may pick",
+        responses={200: ModelListSerializer},
+    )
+    def get(self, request: Request) -> Response:
+        """``AI_ALLOWED_MODELS`` (default: ``AI_ROUTES``), in order, each with its price
+        valid today (``null`` when it has none) and whether it is the default route."""
+        today = timezone.now()
+        default = configured_routes()[0]
+        results = []
+        for route in allowed_routes():
+            price = price_for(route.provider, route.model, today)
+            results.append(
+                {
+                    "id": route.name,
+                    "provider": route.provider,
+                    "model": route.model,
+                    "default": route == default,
+                    "price": None
+                    if price is None
+                    else {
+                        "input_per_mtok": price.input_per_mtok,
+                        "output_per_mtok": price.output_per_mtok,
+                        "cache_read_per_mtok": price.cache_read_per_mtok,
+                        "cache_write_per_mtok": price.cache_write_per_mtok,
+                        "currency": price.currency,
+                        "valid_from": price.valid_from,
+                    },
+                }
+            )
+        body = {"count": len(results), "next": None, "previous": None, "results": results}
+        return Response(ModelListSerializer(body).data)

@@ -76,3 +76,39 @@ class UsageOutputSerializer(serializers.Serializer):
         fields["from"] = serializers.DateField(help_text="First UTC day, included.")
         fields["to"] = serializers.DateField(help_text="Last UTC day, included.")
         return fields
+
+
+def _price_field() -> serializers.DecimalField:
+    return serializers.DecimalField(
+        max_digits=12, decimal_places=6, help_text="Per million tokens, decimal string."
+    )
+
+
+class ModelPriceOutputSerializer(serializers.Serializer):
+    """A model's price valid today (docs/api.md#prices)."""
+
+    input_per_mtok = _price_field()
+    output_per_mtok = _price_field()
+    cache_read_per_mtok = _price_field()
+    cache_write_per_mtok = _price_field()
+    currency = serializers.CharField()
+    valid_from = serializers.DateField()
+
+
+class ModelOutputSerializer(serializers.Serializer):
+    """A route a client may pick with the chat body's ``model`` (docs/api.md#routing)."""
+
+    id = serializers.CharField(help_text="The route's name, provider:model: the chat `model`.")
+    provider = serializers.CharField()
+    model = serializers.CharField()
+    default = serializers.BooleanField(help_text="The route a turn tries first by default.")
+    price = ModelPriceOutputSerializer(allow_null=True, help_text="Null: no price (costs 0).")
+
+
+class ModelListSerializer(serializers.Serializer):
+    """``GET /api/v1/models/``: every model a client may pick (one page)."""
+
+    count = serializers.IntegerField()
+    next = serializers.CharField(allow_null=True)
+    previous = serializers.CharField(allow_null=True)
+    results = ModelOutputSerializer(many=True)

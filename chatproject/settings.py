@@ -276,6 +276,15 @@ AI_HTTP_CLIENT = env.str("AI_HTTP_CLIENT", default="aiohttp").strip().lower()
 # history prefix (see docs/api.md#settings). OpenAI caches prompts by itself.
 AI_PROMPT_CACHE = env.bool("AI_PROMPT_CACHE", default=True)
 MOCK_TOKEN_DELAY_MS = env.float("MOCK_TOKEN_DELAY_MS", default=30.0)
+# Routing and failover (docs/api.md#routing): "provider:model" lists, comma separated.
+# AI_ROUTES unset: the one AI_PROVIDER / AI_MODEL route. AI_ALLOWED_MODELS unset: the
+# routes. AI_SYSTEM_ROUTE unset: the first route (flow extraction and titles).
+AI_ROUTES = env.list("AI_ROUTES", default=[])
+AI_ALLOWED_MODELS = env.list("AI_ALLOWED_MODELS", default=[])
+AI_SYSTEM_ROUTE = env.str("AI_SYSTEM_ROUTE", default="").strip()
+# A route that failed this many times in a row is skipped for the cooldown (ai/breaker.py).
+AI_BREAKER_FAILURES = env.int("AI_BREAKER_FAILURES", default=5)
+AI_BREAKER_COOLDOWN_SECONDS = env.float("AI_BREAKER_COOLDOWN_SECONDS", default=30.0)
 
 # --- Chat ----------------------------------------------------------------------------------------
 CHAT_HISTORY_LIMIT = env.int("CHAT_HISTORY_LIMIT", default=10)

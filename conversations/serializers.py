@@ -6,6 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from ai.routing import Route, route_choice
 from conversations.models import Context, Conversation, Message
 from core.fields import StrictCharField
 
@@ -122,6 +123,15 @@ class ChatTurnInputSerializer(serializers.Serializer):
     messages = ChatMessageInputSerializer(
         many=True, required=False, min_length=1, max_length=MAX_HISTORY
     )
+    #: A route of ``AI_ALLOWED_MODELS`` (``provider:model``) to try first
+    #: (docs/api.md#routing).
+    model = StrictCharField(required=False, allow_null=True, max_length=200)
+
+    def validate_model(self, value: str | None) -> Route | None:
+        try:
+            return route_choice(value)
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from None
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         has_message = "message" in attrs

@@ -4,7 +4,7 @@ settle the quota reservation, only if the reply is still streaming (docs/api.md#
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import transaction
@@ -37,6 +37,14 @@ class ReplyOutcome:
     error_code: str = ""
     error_retryable: bool = False
     duration_ms: int = 0
+    #: The route that served the reply (or failed last); empty: the one it started with.
+    provider: str = ""
+    model: str = ""
+    #: Routes that failed before the first text (docs/api.md#routing): (provider, model,
+    #: code, usage the provider reported or ``None``).
+    failed_attempts: list[tuple[str, str, str, Usage | None]] = field(default_factory=list)
+    #: The route of the flow extraction (``AI_SYSTEM_ROUTE``); ``None``: the reply's.
+    extraction_route: tuple[str, str] | None = None
 
 
 def reply_tokens_charged(outcome: ReplyOutcome) -> int:
@@ -86,10 +94,16 @@ def turn_finish(
     is stored).
     """
     message = turn.assistant_message
+    if outcome.provider:  # the route that served it (docs/api.md#routing)
+        message.provider, message.model = outcome.provider, outcome.model
     now = timezone.now()  # each call priced at the price valid today (docs/api.md#cost)
     priced(outcome.usage, provider=message.provider, model=message.model, at=now)
+    extractor = outcome.extraction_route or (message.provider, message.model)
     if extraction_usage is not None:
-        priced(extraction_usage, provider=message.provider, model=message.model, at=now)
+        priced(extraction_usage, provider=extractor[0], model=extractor[1], at=now)
+    for provider, model, _code, usage in outcome.failed_attempts:
+        if usage is not None:
+            priced(usage, provider=provider, model=model, at=now)
     with transaction.atomic():
         finished = sql.update(
             Message,
@@ -106,6 +120,8 @@ def turn_finish(
                 "usage_estimated": outcome.usage.estimated,
                 "cost": outcome.usage.cost,
                 "currency": outcome.usage.currency,
+                "provider": message.provider,
+                "model": message.model,
                 "updated_at": now,
             },
             {"id": message.pk, "status": Message.Status.STREAMING},
@@ -195,10 +211,30 @@ def _ledger_lines(
             duration_ms=outcome.duration_ms,
         )
     ]
-    if extraction is not None:
+    for provider, model, code, usage in outcome.failed_attempts:
+        if usage is None:  # nothing reported: nothing to record
+            continue
         lines.append(
             usage_record_build(
-                **common,
+                **{**common, "provider": provider, "model": model},
+                purpose="reply",
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cache_read_tokens=usage.cache_read_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                estimated=usage.estimated,
+                cost=usage.cost,
+                currency=usage.currency,
+                tokens_charged=0,  # a failed route's attempt is never the user's charge
+                outcome="failed",
+                error_code=code,
+            )
+        )
+    if extraction is not None:
+        extractor = outcome.extraction_route or (message.provider, message.model)
+        lines.append(
+            usage_record_build(
+                **{**common, "provider": extractor[0], "model": extractor[1]},
                 purpose="extraction",
                 input_tokens=extraction.input_tokens,
                 output_tokens=extraction.output_tokens,

@@ -4,6 +4,7 @@ reserve quota (docs/api.md#persistence). Called from the async turn through ``db
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
@@ -19,6 +20,7 @@ from ai.prompts import model_prompt_tokens, system_prompt_for
 from ai.providers.base import ChatMessage
 from ai.quota.selectors import quota_as_dict
 from ai.quota.services import quota_lock, quota_reserve_locked
+from ai.routing import TurnRoutes
 from conversations.models import Context, Conversation, Message
 from conversations.selectors import history_for_model
 from core import sql
@@ -44,6 +46,9 @@ class PreparedTurn:
     #: The reservation's tokens, quota period and cost, as made (settling needs not read
     #: it back).
     reserved: tuple[int, datetime, Decimal] | None = None
+    #: The routes the reply may be served by, in order (docs/api.md#routing); ``None``:
+    #: only the ``provider`` the turn was prepared with.
+    routes: TurnRoutes | None = None
 
 
 #: The context's fields a turn reads (the system prompt, the metadata event).
@@ -93,6 +98,9 @@ class TurnRequest:
     provider: str
     model: str
     worker: str
+    #: Other (provider, model) pairs that may serve the turn's calls (failover routes,
+    #: the system route): the cost reservation takes the dearest (docs/api.md#routing).
+    also_priced: tuple[tuple[str, str], ...] = ()
 
 
 def turn_reservation(
@@ -103,6 +111,7 @@ def turn_reservation(
     provider: str,
     model: str,
     at: datetime,
+    also_priced: Sequence[tuple[str, str]] = (),
 ) -> tuple[int, Decimal]:
     """Tokens and cost a turn reserves before any call is made (docs/api.md#quota).
 
@@ -112,6 +121,8 @@ def turn_reservation(
     valid at ``at`` (0 for an unpriced model): the prompt at the dearer of the input and
     cache-write rates, and the rest at the dearest rate of all (the output rate for known
     models), so the real cost never passes it while the provider keeps to the estimate.
+    With ``also_priced`` (the failover routes and the system route), each rate is the
+    dearest of all those models' (docs/api.md#routing): a failover never passes the hold.
     """
     prompt = model_prompt_tokens(system, history)
     tokens = prompt + settings.AI_MAX_OUTPUT_TOKENS
@@ -122,11 +133,15 @@ def turn_reservation(
             today=at.date(),
             reply_max_tokens=settings.AI_MAX_OUTPUT_TOKENS,
         )
-    price = price_for(provider, model, at)
-    if price is None:
+    prices = [
+        price
+        for name, route_model in dict.fromkeys([(provider, model), *also_priced])
+        if (price := price_for(name, route_model, at)) is not None
+    ]
+    if not prices:
         return tokens, Decimal(0).quantize(COST_QUANTUM)
-    prompt_rate = max(price.input_per_mtok, price.cache_write_per_mtok)
-    rest_rate = max(prompt_rate, price.output_per_mtok)
+    prompt_rate = max(max(p.input_per_mtok, p.cache_write_per_mtok) for p in prices)
+    rest_rate = max(prompt_rate, *(p.output_per_mtok for p in prices))
     cost = (prompt * prompt_rate + (tokens - prompt) * rest_rate) / MILLION
     # Rounded up to the stored precision: the hold never falls short of the worst case.
     return tokens, cost.quantize(COST_QUANTUM, rounding=ROUND_CEILING)
@@ -206,6 +221,7 @@ def turn_prepare(*, user: AbstractBaseUser, request: TurnRequest) -> PreparedTur
             provider=request.provider,
             model=request.model,
             at=now,
+            also_priced=request.also_priced,
         )
         reservation = quota_reserve_locked(
             quota=quota,

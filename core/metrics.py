@@ -46,6 +46,20 @@ PROVIDER_ERRORS = Counter("chat_provider_errors", "Provider failures by code.", 
 REFUSALS = Counter("chat_refusals", "Turns refused before streaming, by code.", ["code"])
 RESUMES = Counter("chat_resumes", "Resumed streams.", ["source"])
 CANCELS = Counter("chat_cancels", "Cancel requests.")
+# By route (docs/api.md#routing): the provider and model that served or failed.
+ROUTE_TURNS = Counter(
+    "chat_route_turns",
+    "Chat turns by the route that served them.",
+    ["provider", "model", "outcome"],
+)
+ROUTE_ERRORS = Counter(
+    "chat_route_errors", "Provider failures by route and code.", ["provider", "model", "code"]
+)
+FAILOVERS = Counter(
+    "chat_failovers",
+    "Turns moved from a failing route (provider, model) to the next (to_provider, to_model).",
+    ["provider", "model", "to_provider", "to_model", "code"],
+)
 COST = Counter(
     "chat_cost",
     "Cost of AI calls (replies and extractions) in the price's currency.",
@@ -95,6 +109,21 @@ def record_usage_lines(lines: Iterable[Any]) -> None:
             CACHE_TOKENS.labels(provider, model, "write").inc(line.cache_write_tokens)
 
 
+#: Collectors whose values are read when ``/metrics`` is scraped (state shared by all the
+#: processes elsewhere, such as the route breakers in the cache: one answer, not a sum).
+_SCRAPE_COLLECTORS: list[Any] = []
+
+
+def register_scrape_collector(collector: Any) -> None:
+    """Add a collector (``collect()`` yielding metric families) read at every scrape.
+
+    For values that are already shared across processes (kept in the cache or the
+    database): read once per scrape, never summed over the processes' files.
+    """
+    if collector not in _SCRAPE_COLLECTORS:
+        _SCRAPE_COLLECTORS.append(collector)
+
+
 def _allowed(request: HttpRequest) -> bool:
     """Loopback (or ``METRICS_ALLOWED_IPS``) only, for the peer and every forwarded hop."""
     allowed = set()
@@ -126,4 +155,9 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         data = generate_latest(registry)
     else:
         data = generate_latest()
+    if _SCRAPE_COLLECTORS:
+        shared = CollectorRegistry(auto_describe=False)
+        for collector in _SCRAPE_COLLECTORS:
+            shared.register(collector)
+        data += generate_latest(shared)
     return HttpResponse(data, content_type=CONTENT_TYPE_LATEST)

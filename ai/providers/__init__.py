@@ -32,6 +32,9 @@ _SETTINGS_USED = frozenset(
     {
         "AI_PROVIDER",
         "AI_MODEL",
+        "AI_ROUTES",
+        "AI_ALLOWED_MODELS",
+        "AI_SYSTEM_ROUTE",
         "AI_TIMEOUT_SECONDS",
         "AI_MAX_RETRIES",
         "AI_HTTP_CLIENT",
@@ -59,14 +62,24 @@ def configured_http_client() -> str:
     return (str(getattr(settings, "AI_HTTP_CLIENT", "") or "aiohttp")).strip().lower()
 
 
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
 def _settings_key() -> tuple[Any, ...]:
-    return tuple(getattr(settings, name, None) for name in sorted(_SETTINGS_USED))
+    return tuple(_hashable(getattr(settings, name, None)) for name in sorted(_SETTINGS_USED))
 
 
-def _build(name: str) -> Provider:
-    model = (getattr(settings, "AI_MODEL", "") or "").strip() or DEFAULT_MODELS.get(name, "")
+def configured_model(name: str) -> str:
+    """``settings.AI_MODEL`` (stripped), else ``name``'s default model."""
+    return (getattr(settings, "AI_MODEL", "") or "").strip() or DEFAULT_MODELS.get(name, "")
+
+
+def _build(name: str, model: str | None = None, max_retries: int | None = None) -> Provider:
+    model = model or configured_model(name)
     timeout = float(getattr(settings, "AI_TIMEOUT_SECONDS", 30.0))
-    max_retries = int(getattr(settings, "AI_MAX_RETRIES", 2))
+    if max_retries is None:
+        max_retries = int(getattr(settings, "AI_MAX_RETRIES", 2))
     http_client = configured_http_client()
     if name == "mock":
         from ai.providers.mock import MockProvider  # noqa: PLC0415 (lazy: only this SDK loads)
@@ -127,11 +140,34 @@ def get_provider() -> Provider:
         return provider
 
 
+_routes_cache: dict[tuple[Any, ...], Provider] = {}
+
+
+def provider_for(name: str, model: str, *, max_retries: int | None = None) -> Provider:
+    """The provider ``name`` serving ``model`` (one route of ``AI_ROUTES``), built once per
+    settings values; ``max_retries`` overrides ``AI_MAX_RETRIES`` (the SDK's own retries).
+
+    Raises :class:`ai.errors.AINotConfigured` like :func:`get_provider`.
+    """
+    key = (_settings_key(), name, model, max_retries)
+    provider = _routes_cache.get(key)
+    if provider is not None:
+        return provider
+    with _lock:
+        provider = _routes_cache.get(key)
+        if provider is None:
+            if len(_routes_cache) > 64:  # settings changed many times (tests): start over
+                _routes_cache.clear()
+            provider = _routes_cache[key] = _build(name, model, max_retries)
+        return provider
+
+
 def reset_provider_cache() -> None:
-    """Forget the cached provider (tests; settings changes do this by themselves)."""
+    """Forget the cached providers (tests; settings changes do this by themselves)."""
     global _cached
     with _lock:
         _cached = None
+        _routes_cache.clear()
 
 
 @receiver(setting_changed, dispatch_uid="ai.providers.reset_provider_cache")
@@ -145,7 +181,9 @@ __all__ = [
     "PROVIDER_NAMES",
     "Provider",
     "configured_http_client",
+    "configured_model",
     "configured_provider_name",
     "get_provider",
+    "provider_for",
     "reset_provider_cache",
 ]

@@ -7,7 +7,9 @@ yields :class:`Event` objects built here, and every transport (:mod:`.transports
 (docs/api.md#event-ids). They are integers that encode the position in the reply, so a
 replay that merges several missed chunks into one stays exact:
 
-- ``1`` ``metadata``, ``2`` ``typing`` start;
+- ``1`` ``metadata``, ``2`` ``typing`` start, and ``2`` again for a ``failover``
+  (docs/api.md#routing: a notice before any text, about the route, not a position in the
+  reply; a client that resumes from ``2`` does not get it again);
 - a ``chunk`` ending at character offset ``n`` of the reply has id ``2 + n``;
 - the trailing events (``typing`` stop, then ``flows_extracted`` and ``done``, or
   ``error``) of a reply of length ``L`` have ids ``2 + L + 1``, ``2 + L + 2``, ...
@@ -30,6 +32,8 @@ from core.errors import error_kind
 METADATA_ID = 1
 TYPING_START_ID = 2
 TEXT_BASE = 2
+#: A ``failover`` event's id: the position it happens at (before any text).
+FAILOVER_ID = TYPING_START_ID
 
 #: The event names whose data is not a dict (transports compare them with ``is``).
 CHUNK = "chunk"
@@ -89,13 +93,17 @@ class Cursor:
         self.last_event_id = last_event_id
         self.offset = max(0, last_event_id - TEXT_BASE)
 
-    def preamble(self, metadata: dict[str, Any]) -> list[Event]:
-        """``metadata`` and ``typing`` start, unless the client has them."""
+    def preamble(
+        self, metadata: dict[str, Any], failovers: Iterable[dict[str, Any]] = ()
+    ) -> list[Event]:
+        """``metadata``, ``typing`` start and the ``failover`` events so far, unless the
+        client has them."""
         events: list[Event] = []
         if self.last_event_id < METADATA_ID:
             events.append(Event(METADATA_ID, "metadata", metadata))
         if self.last_event_id < TYPING_START_ID:
             events.append(Event(TYPING_START_ID, "typing", {"status": "start"}))
+            events.extend(Event(FAILOVER_ID, "failover", data) for data in failovers)
         return events
 
     def text(self, start: int, text: str) -> Event | None:
@@ -145,6 +153,16 @@ def error_data(code: str, retryable: bool | None = None) -> dict[str, Any]:
     }
 
 
+def failover_data(source: Any, target: Any, code: str) -> dict[str, Any]:
+    """The ``failover`` event's data (docs/api.md#routing): the routes (objects with
+    ``provider`` and ``model``) it moved from and to, and the failure's code."""
+    return {
+        "from": {"provider": source.provider, "model": source.model},
+        "to": {"provider": target.provider, "model": target.model},
+        "code": code,
+    }
+
+
 def usage_to_dict(usage: Usage) -> dict[str, Any]:
     """The ``usage`` object of the ``done`` event, the stored message and the JSON answer
     (docs/api.md#usage): tokens by kind, ``estimated``, and ``cost`` as a decimal string
@@ -170,10 +188,14 @@ def trailing_events(
     error_retryable: bool | None,
     flows: list[dict[str, Any]],
     quota: dict[str, Any],
+    provider: str = "",
+    model: str = "",
 ) -> list[Trailing]:
     """The events after ``typing`` stop, by how the reply ended (live and replayed alike).
 
     complete: ``flows_extracted`` then ``done``; cancelled: ``done``; otherwise ``error``.
+    ``done`` names the ``provider`` and ``model`` that wrote the reply
+    (docs/api.md#routing).
     """
     usage_data = usage_to_dict(usage)
     if status == Message.Status.COMPLETE:
@@ -182,6 +204,8 @@ def trailing_events(
             "finish_reason": finish_reason or "stop",
             "usage": usage_data,
             "quota": quota,
+            "provider": provider,
+            "model": model,
         }
         return [("flows_extracted", {"flows": flows}), ("done", done)]
     if status == Message.Status.CANCELLED:
@@ -190,6 +214,8 @@ def trailing_events(
             "finish_reason": "cancelled",
             "usage": usage_data,
             "quota": quota,
+            "provider": provider,
+            "model": model,
         }
         return [("done", done)]
     return [("error", error_data(error_code or "internal_error", error_retryable))]

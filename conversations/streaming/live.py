@@ -22,7 +22,13 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 
-from conversations.streaming.events import KEEPALIVE_EVENT, Cursor, Event, Trailing
+from conversations.streaming.events import (
+    FAILOVER_ID,
+    KEEPALIVE_EVENT,
+    Cursor,
+    Event,
+    Trailing,
+)
 from conversations.turn_finish import ReplyOutcome
 
 logger = logging.getLogger(__name__)
@@ -54,6 +60,8 @@ class Generation:
         self.parts: list[str] = []
         self.length = 0
         self.trailing: list[Trailing] = []
+        #: ``failover`` events' data, in order (all before the first text).
+        self.failovers: list[dict[str, Any]] = []
         self.closed = False
         self.cancel_requested = False
         self.task: asyncio.Task[None] | None = None
@@ -84,6 +92,12 @@ class Generation:
         self.last_event_at = self._loop.time()
         if self._waiters:
             self._notify()
+
+    def add_failover(self, data: dict[str, Any]) -> None:
+        """The turn moved to another route before any text (docs/api.md#routing)."""
+        self.failovers.append(data)
+        self.last_event_at = self._loop.time()
+        self._notify()
 
     def text(self) -> str:
         """The reply so far."""
@@ -235,8 +249,10 @@ async def iter_events(generation: Generation, *, last_event_id: int = 0) -> Asyn
     stops only this follower (what a disconnect means is the transport's choice).
     """
     cursor = Cursor(last_event_id)
-    for event in cursor.preamble(generation.metadata):
+    failovers = generation.failovers
+    for event in cursor.preamble(generation.metadata, failovers):
         yield event
+    failovers_sent = len(failovers)
     parts = generation.parts
     index = position = 0
     if cursor.offset:  # a resume: what the client lacks of the text so far, as one chunk
@@ -246,6 +262,10 @@ async def iter_events(generation: Generation, *, last_event_id: int = 0) -> Asyn
             yield event
     sent = 0
     while True:
+        if failovers_sent < len(failovers):  # a failover (only before any text)
+            for data in failovers[failovers_sent:]:
+                yield Event(FAILOVER_ID, "failover", data)
+            failovers_sent = len(failovers)
         count = len(parts)
         if index < count:  # the per-token path
             piece = parts[index] if count - index == 1 else "".join(parts[index:count])

@@ -92,6 +92,8 @@ def stored_trailing(message: Message) -> list[Trailing]:
             error_retryable=message.error_retryable or not message.error_code,
             flows=flows,
             quota=quota_snapshot(user=message.user),
+            provider=message.provider,
+            model=message.model,
         ),
     ]
 

@@ -19,9 +19,9 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from ai.errors import AIError, AIStreamIncomplete
+from ai.errors import AIError, AINotConfigured, AIStreamIncomplete
 from ai.prompts import model_prompt_tokens
-from ai.providers import get_provider
+from ai.providers import provider_for
 from ai.providers.base import (
     ChatMessage,
     Provider,
@@ -30,9 +30,17 @@ from ai.providers.base import (
     estimate_tokens,
 )
 from ai.quota.services import quota_release
+from ai.routing import (
+    Route,
+    RoutedReply,
+    TurnRoutes,
+    plan_routes,
+    system_provider,
+    system_route,
+)
 from conversations.models import Message
 from conversations.serializers import ChatTurnInputSerializer
-from conversations.streaming.events import TYPING_STOP, trailing_events
+from conversations.streaming.events import TYPING_STOP, failover_data, trailing_events
 from conversations.streaming.live import WORKER_ID, Generation, TurnResult, registry
 from conversations.turn_finish import ReplyOutcome, turn_finish
 from conversations.turn_start import PreparedTurn, TurnRequest, turn_prepare
@@ -70,7 +78,10 @@ def prepare_turn(*, user: Any, payload: dict[str, Any]) -> tuple[PreparedTurn, P
     if not serializer.is_valid():
         raise InvalidRequest(serializer.errors)
     data = serializer.validated_data
-    provider = get_provider()
+    routes = plan_routes(data.get("model"))
+    first = routes.first
+    provider = provider_for(first.provider, first.model)  # not configured: 503 now
+    system = system_route()
     messages = data.get("messages")
     turn = turn_prepare(
         user=user,
@@ -86,8 +97,12 @@ def prepare_turn(*, user: Any, payload: dict[str, Any]) -> tuple[PreparedTurn, P
             provider=provider.name,
             model=provider.model,
             worker=WORKER_ID,
+            also_priced=tuple(
+                (route.provider, route.model) for route in [*routes.routes[1:], system]
+            ),
         ),
     )
+    turn.routes = routes
     logger.info(
         "turn.start",
         extra={
@@ -116,7 +131,8 @@ def start_generation(turn: PreparedTurn, provider: Provider) -> Generation:
 
 
 async def _read(generation: Generation, stream: Any) -> StreamEnd:
-    """Relay the provider's deltas into the generation (the hot loop)."""
+    """Relay the provider's deltas into the generation (the hot loop); a failover on the
+    way is :class:`~ai.routing.RoutedReply`'s."""
     end: StreamEnd | None = None
     append = generation.append
     try:
@@ -145,15 +161,23 @@ def _usage_for(turn: PreparedTurn, text: str, reported: Usage | None) -> Usage:
 async def _generate(
     generation: Generation, turn: PreparedTurn, provider: Provider, log: dict
 ) -> ReplyOutcome:
-    """Relay the provider's reply into ``generation``; say how it ended (never raises,
-    except when the process itself cancels the task)."""
-    stream = provider.stream_reply(
+    """Relay the reply of the first route that answers into ``generation``
+    (docs/api.md#routing); say how it ended (never raises, except when the process itself
+    cancels the task). ``outcome.provider`` / ``model`` name the route that served (or
+    failed last), ``outcome.failed_attempts`` the routes that failed over."""
+
+    def failover(source: Route, target: Route, code: str) -> None:
+        generation.add_failover(failover_data(source, target, code))
+
+    routed = RoutedReply(
+        turn.routes or TurnRoutes([Route(provider.name, provider.model)]), on_failover=failover
+    )
+    stream = routed.stream(
         messages=turn.history, system=turn.system, max_output_tokens=settings.AI_MAX_OUTPUT_TOKENS
     )
     reader = generation.reader = asyncio.create_task(_read(generation, stream))
     if generation.cancel_requested:
         reader.cancel()
-    failed = Message.Status.FAILED
     outcome = ReplyOutcome(
         status=Message.Status.COMPLETE,
         finish_reason="stop",
@@ -161,6 +185,20 @@ async def _generate(
         usage=Usage(),
         error_retryable=True,
     )
+    try:
+        await _wait_reader(reader, outcome, log)
+    finally:
+        outcome.provider, outcome.model = routed.route.provider, routed.route.model
+        outcome.failed_attempts = [
+            (attempt.route.provider, attempt.route.model, attempt.code, attempt.usage)
+            for attempt in routed.failed
+        ]
+    return outcome
+
+
+async def _wait_reader(reader: asyncio.Task[StreamEnd], outcome: ReplyOutcome, log: dict) -> None:
+    """Wait for the reader (up to ``CHAT_STREAM_TIMEOUT_SECONDS``); set ``outcome``."""
+    failed = Message.Status.FAILED
     done, _ = await asyncio.wait({reader}, timeout=settings.CHAT_STREAM_TIMEOUT_SECONDS)
     if not done:
         reader.cancel()
@@ -186,7 +224,6 @@ async def _generate(
         outcome.finish_reason = end.finish_reason
         if end.usage is not None:
             outcome.usage = end.usage
-    return outcome
 
 
 async def _store(
@@ -201,8 +238,10 @@ async def _store(
     left ``streaming`` is marked ``interrupted`` by the stale-reply sweeper.
     """
     try:
+        extractor = _system_provider(provider)
+        outcome.extraction_route = (extractor.name, extractor.model)
         drafts, extraction_usage, extraction_error = await _extract(
-            turn, provider, outcome.content, outcome.status
+            turn, extractor, outcome.content, outcome.status
         )
         stored, quota = await db_run(
             turn_finish,
@@ -222,6 +261,15 @@ async def _store(
             logger.warning("turn.release_failed", extra=log)  # the sweeper's safety net
         return [], turn.quota
     return [flow_to_dict(flow) for flow in stored], quota
+
+
+def _system_provider(fallback: Provider) -> Provider:
+    """The provider of ``AI_SYSTEM_ROUTE`` (flow extraction), else ``fallback``."""
+    try:
+        return system_provider()
+    except AINotConfigured:
+        logger.warning("turn.system_route_not_configured")
+        return fallback
 
 
 async def _run(generation: Generation, turn: PreparedTurn, provider: Provider) -> None:
@@ -254,6 +302,8 @@ async def _run(generation: Generation, turn: PreparedTurn, provider: Provider) -
         error_retryable=outcome.error_retryable,
         flows=flows,
         quota=quota,
+        provider=turn.assistant_message.provider,
+        model=turn.assistant_message.model,
     ):
         generation.add_trailing(*event)
     generation.result = TurnResult(outcome=outcome, flows=flows, quota=quota)
@@ -272,6 +322,9 @@ async def _run(generation: Generation, turn: PreparedTurn, provider: Provider) -
         input_tokens=outcome.usage.input_tokens,
         output_tokens=outcome.usage.output_tokens,
     )
+    metrics.ROUTE_TURNS.labels(
+        outcome.provider or provider.name, outcome.model or provider.model, outcome.status
+    ).inc()
     logger.info(
         "turn.end",
         extra={
@@ -286,6 +339,9 @@ async def _run(generation: Generation, turn: PreparedTurn, provider: Provider) -
             "flows": len(flows),
             "ttft_ms": int(ttft * 1000) if ttft is not None else None,
             "duration_ms": outcome.duration_ms,
+            "provider": outcome.provider,
+            "model": outcome.model,
+            "failovers": len(outcome.failed_attempts),
             "worker": WORKER_ID,
         },
     )
