@@ -16,6 +16,7 @@ from conversations.routing import websocket_urlpatterns  # noqa: E402
 from conversations.streaming.background import start_background  # noqa: E402
 from core.asgi_limits import BodySizeLimitMiddleware  # noqa: E402
 from core.startup import check_server_start  # noqa: E402
+from webhooks.delivery import start_delivery  # noqa: E402
 
 # Logs what the system checks find; refuses to start without the collected static files.
 check_server_start()
@@ -25,8 +26,8 @@ CHAT_PATHS = ("/api/v1/conversations/stream", "/api/ai/chat/stream")
 
 class StartBackground:
     """Starts the process's background work (checkpoints, stale-reply sweeper, relay
-    listener) on its first HTTP request or WebSocket connection: daphne has no lifespan
-    events, and the work needs the server's event loop."""
+    listener, webhook deliveries) on its first HTTP request or WebSocket connection: daphne
+    has no lifespan events, and the work needs the server's event loop."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -36,6 +37,7 @@ class StartBackground:
         if not self.started and scope["type"] in ("http", "websocket"):
             self.started = True
             start_background()
+            start_delivery()
         await self.app(scope, receive, send)
 
 

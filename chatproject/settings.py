@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "ai",
     "conversations",
     "flows",
+    "webhooks",
     "web",
 ]
 
@@ -314,6 +315,28 @@ QUOTA_COST_LIMIT = (
     Decimal(_cost_limit) if (_cost_limit := env.str("QUOTA_COST_LIMIT", default="")) else None
 )
 FLOWS_EXTRACTION_ENABLED = env.bool("FLOWS_EXTRACTION_ENABLED", default=True)
+
+# --- Webhooks (docs/api.md#webhooks, docs/operations.md#webhooks) ------------------------------
+# Subscription URLs (and the addresses they resolve to at delivery) on loopback, private,
+# link-local, multicast or reserved networks are refused unless this is true.
+WEBHOOK_ALLOW_PRIVATE_URLS = env.bool("WEBHOOK_ALLOW_PRIVATE_URLS", default=False)
+# One POST's limit, connecting included; must be shorter than the lease.
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+# How long a process holds a claimed delivery; a process that dies mid-delivery loses it
+# to another process after this.
+WEBHOOK_LEASE_SECONDS = env.float("WEBHOOK_LEASE_SECONDS", default=60.0)
+# A delivery that still fails this long after its event is given up (status failed).
+WEBHOOK_MAX_AGE_SECONDS = env.float("WEBHOOK_MAX_AGE_SECONDS", default=86_400.0)
+# How often each process looks for due deliveries, and for flows that reached their date.
+WEBHOOK_POLL_SECONDS = env.float("WEBHOOK_POLL_SECONDS", default=1.0)
+WEBHOOK_DUE_SCAN_SECONDS = env.float("WEBHOOK_DUE_SCAN_SECONDS", default=60.0)
+# Waits after the 1st, 2nd, ... failed attempt; the last one repeats until the max age.
+WEBHOOK_RETRY_SCHEDULE = [
+    float(value)
+    for value in env.list("WEBHOOK_RETRY_SCHEDULE", default=["5", "30", "120", "600", "3600"])
+]
+# Deliveries one process sends at the same time.
+WEBHOOK_CONCURRENCY = env.int("WEBHOOK_CONCURRENCY", default=10)
 
 # --- Operations ----------------------------------------------------------------------------------
 METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])

@@ -30,6 +30,7 @@ urlpatterns = [
     ),
     path("api/v1/", include("conversations.urls")),
     path("api/v1/", include("flows.urls")),
+    path("api/v1/", include("webhooks.urls")),
     path("api/v1/", include("ai.urls")),
     path("api/", include("conversations.urls_alias")),
     path("", include("web.urls")),

@@ -70,6 +70,16 @@ CACHE_TOKENS = Counter(
     "Input tokens read from (read) or written to (write) the provider's prompt cache.",
     ["provider", "model", "kind"],
 )
+WEBHOOK_DELIVERIES = Counter(
+    "webhook_deliveries",
+    "Webhook delivery attempts by outcome (delivered, retry, failed: given up, lease_lost).",
+    ["outcome"],
+)
+WEBHOOK_DELIVERY_SECONDS = Histogram(
+    "webhook_delivery_seconds",
+    "One webhook POST, connecting included.",
+    buckets=_LATENCY_BUCKETS,
+)
 
 
 def record_turn(
