@@ -3,16 +3,36 @@ and a "retry now" action (docs/operations.md#webhooks)."""
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from webhooks.addresses import url_refusal
 from webhooks.models import Delivery, DeliveryAttempt, Subscription
 from webhooks.services import deliveries_retry_now
 
 
+class SubscriptionForm(forms.ModelForm):
+    """The admin's form: the same URL refusals as the API."""
+
+    url = forms.URLField(max_length=2000, assume_scheme="https")
+
+    class Meta:
+        model = Subscription
+        fields = ["user", "url", "events", "active"]
+
+    def clean_url(self) -> str:
+        url = self.cleaned_data["url"]
+        refusal = url_refusal(url)
+        if refusal:
+            raise forms.ValidationError(refusal)
+        return url
+
+
 @admin.register(Subscription)
 class SubscriptionAdmin(admin.ModelAdmin):
+    form = SubscriptionForm
     list_display = ["url", "user", "events", "active", "created_at"]
     list_filter = ["active"]
     search_fields = ["url", "user__username", "id"]

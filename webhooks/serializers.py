@@ -24,6 +24,7 @@ class SubscriptionSerializer(serializers.ModelSerializer):
     events = serializers.ListField(
         child=serializers.ChoiceField(choices=EventType.choices),
         allow_empty=False,
+        min_length=1,
         max_length=len(EventType.values),
     )
     active = StrictBooleanField(required=False)

@@ -25,9 +25,16 @@ def daphne_factory(django_db_setup, django_db_blocker) -> Iterator[Callable[...,
             servers[key] = server
         return server
 
+    def stop_all() -> None:
+        """Stop every server started so far (they start again when asked for): for tests
+        whose outcome any running server could change, such as webhook deliveries, which
+        every server process sends."""
+        for server in servers.values():
+            server.stop()
+
+    start.stop_all = stop_all  # type: ignore[attr-defined]
     yield start
-    for server in servers.values():
-        server.stop()
+    stop_all()
 
 
 @pytest.fixture

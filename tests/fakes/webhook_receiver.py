@@ -28,6 +28,7 @@ class Received:
     body: Any
     at: float
     answered: int | str
+    path: str = "/hook"
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -60,6 +61,7 @@ class WebhookReceiver:
                         body=body,
                         at=time.time(),
                         answered=answer,
+                        path=self.path,
                         headers=headers,
                     )
                     receiver.received.append(entry)
@@ -69,7 +71,7 @@ class WebhookReceiver:
                 try:
                     self.send_response(int(answer))
                     if 300 <= int(answer) < 400:
-                        self.send_header("Location", "http://127.0.0.1:9/elsewhere")
+                        self.send_header("Location", receiver.url.replace("/hook", "/elsewhere"))
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                 except OSError:

@@ -28,6 +28,8 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from conversations.models import Context, Conversation, Message
 from flows.models import Flow
 from tests import factories
+from tests.webhooks.conftest import make_subscription
+from webhooks.models import Subscription
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -58,6 +60,7 @@ PK_MODELS = {
     "conversations": Conversation,
     "messages": Message,
     "flows": Flow,
+    "webhooks": Subscription,
 }
 
 WRITE_BODY = {"name": "Pwned", "title": "Pwned", "status": "done", "message": "hi"}
@@ -128,6 +131,7 @@ def world():
             "conversations": their_conversation,
             "messages": their_reply,
             "flows": their_flow,
+            "webhooks": make_subscription(mallory),
         },
     }
 
@@ -244,6 +248,7 @@ def csrf_targets(world):
         "conversations": own_conversation,
         "messages": own_reply,
         "flows": own_flow,
+        "webhooks": make_subscription(world["alice"]),
     }
     for route, pattern in ROUTES:
         if classify(route) != "api":

@@ -19,10 +19,11 @@ import schemathesis
 from django.core.wsgi import get_wsgi_application
 from drf_spectacular.generators import SchemaGenerator
 from hypothesis import HealthCheck, settings
-from schemathesis.specs.openapi.checks import negative_data_rejection
+from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 from conversations.models import Context, Message
 from tests import factories
+from tests.webhooks.conftest import make_subscription
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -79,7 +80,14 @@ def _objects(user, name):  # type: ignore[no-untyped-def]
         "conversations": str(conversation.id),
         "messages": str(reply.id),
         "flows": str(flow.id),
+        "webhooks": str(make_subscription(user).id),
     }
+
+
+def _refused_webhook_url(response) -> bool:  # type: ignore[no-untyped-def]
+    if response.status_code != 400 or "/api/v1/webhooks/" not in response.request.url:
+        return False
+    return set(response.json().get("errors", {})) == {"url"}
 
 
 def _all_target_ids() -> set[str]:
@@ -87,7 +95,10 @@ def _all_target_ids() -> set[str]:
 
 
 @pytest.fixture
-def owned_data(transactional_db):  # type: ignore[no-untyped-def]
+def owned_data(transactional_db, settings):  # type: ignore[no-untyped-def]
+    # Webhook URLs are resolved and inner addresses refused (a 400 no schema can express;
+    # tests/webhooks/test_api.py checks it): here any well-formed URL is taken, unresolved.
+    settings.WEBHOOK_ALLOW_PRIVATE_URLS = True
     alice = factories.make_user("alice")
     token = factories.make_token(alice)
     _targets["own"] = _objects(alice, "Work")
@@ -133,7 +144,12 @@ def test_rest_api_conforms_to_its_schema(case, owned_data):  # type: ignore[no-u
         # map_path_parameters put a real id in: what schemathesis generated as invalid is
         # no longer what is sent.
         excluded.append(negative_data_rejection)
-    response = case.call_and_validate(headers=owned_data, excluded_checks=excluded)
+    response = case.call(headers=owned_data)
+    if _refused_webhook_url(response):
+        # Django's URLValidator refuses more than the schema's ``format: uri`` says (a host
+        # name over 253 characters, a label over 63...): a 400 naming only ``url``.
+        excluded.append(positive_data_acceptance)
+    case.validate_response(response, headers=owned_data, excluded_checks=excluded)
     if case.method == "POST" and response.status_code == 201:
         # Keep the next generated name free: a duplicate name is a (documented) 400 that no
         # schema can express.
