@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -186,8 +187,7 @@ async def one_stream(
             "POST", target.url, headers=target.headers, content=target.body
         ) as response:
             if response.status_code != 200:
-                await response.aread()
-                result.error = f"http_{response.status_code}"
+                result.error = refusal(response.status_code, await response.aread())
             else:
                 async for raw in response.aiter_raw():
                     reader.feed(raw, time.perf_counter())
@@ -199,6 +199,26 @@ async def one_stream(
         result.error = f"exc:{type(exc).__name__}"
     reader.finish(expected)
     return result
+
+
+_CODE = re.compile(rb'"code"\s*:\s*"([A-Za-z0-9_]+)"')
+#: The product's early refusal under load (503 ``server_busy``): counted apart from errors.
+REFUSED = "http_503:server_busy"
+
+
+def refusal(status: int, body: bytes) -> str:
+    """The error of a non-200 answer: ``http_<status>``, with the body's ``code`` if any."""
+    code = _CODE.search(body or b"")
+    return f"http_{status}:{code.group(1).decode()}" if code else f"http_{status}"
+
+
+def failed_after_start(result: StreamResult) -> bool:
+    """A turn that failed after its stream began (not a refusal, not one never sent)."""
+    return (
+        bool(result.error)
+        and not result.error.startswith(("http_", "not_started"))
+        and (result.chunks > 0 or not result.error.startswith("exc:"))
+    )
 
 
 class RawConnection(asyncio.Protocol):
@@ -217,6 +237,7 @@ class RawConnection(asyncio.Protocol):
         self.chunked = False
         self.buf = b""
         self.closed = False
+        self.refused = 0  # the status of a non-200 answer, while its body arrives
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -226,12 +247,15 @@ class RawConnection(asyncio.Protocol):
         if self.ended is not None and not self.ended.done():
             if self.reader is not None and not self.chunked and not self.head:
                 self.ended.set_result(None)  # a close-delimited body ends here
+            elif self.refused and self.reader is not None:
+                self.reader.result.error = refusal(self.refused, self.buf)
+                self.ended.set_result(None)
             else:
                 self.ended.set_exception(ConnectionError("connection lost"))
 
     def request(self, target: Target, host: str, path: str, reader: SSEReader) -> asyncio.Future:
         self.reader = reader
-        self.head, self.chunked, self.buf = True, False, b""
+        self.head, self.chunked, self.buf, self.refused = True, False, b"", 0
         self.ended = asyncio.get_running_loop().create_future()
         headers = "".join(f"{k}: {v}\r\n" for k, v in target.headers.items())
         self.transport.write(
@@ -241,9 +265,23 @@ class RawConnection(asyncio.Protocol):
         )
         return self.ended
 
+    def _refusal_body(self, data: bytes) -> None:
+        """Collect a non-200 answer's (small) body until its error code is in it."""
+        assert self.reader is not None and self.ended is not None
+        self.buf += data
+        code = _CODE.search(self.buf)
+        if code or len(self.buf) > 4096:
+            self.reader.result.error = refusal(self.refused, self.buf)
+            self.closed = True  # before the worker's next turn looks at it
+            self.transport.close()
+            self.ended.set_result(None)
+
     def data_received(self, data: bytes) -> None:
         now = time.perf_counter()
         if self.reader is None or self.ended is None or self.ended.done():
+            return
+        if self.refused:
+            self._refusal_body(data)
             return
         if self.head:
             self.buf += data
@@ -256,9 +294,8 @@ class RawConnection(asyncio.Protocol):
             self.head = False
             self.chunked = b"transfer-encoding: chunked" in head
             if status != 200:
-                self.reader.result.error = f"http_{status}"
-                self.ended.set_result(None)
-                self.transport.close()
+                self.refused, self.buf = status, data
+                self._refusal_body(b"")
                 return
         if not self.chunked:
             self.reader.feed(data, now)
@@ -409,6 +446,8 @@ def summarize(results: list[StreamResult], *, tokens: int, pace_ms: float) -> di
         "ok": len(ok),
         "errors": len(results) - len(ok),
         "error_kinds": dict(Counter(r.error for r in results if r.error)),
+        "refused": sum(1 for r in results if r.error == REFUSED),
+        "failed_after_start": sum(1 for r in results if failed_after_start(r)),
         "tokens": sum(r.tokens for r in results),
         "tokens_ok": sum(r.tokens for r in ok),
         "chunks": sum(r.chunks for r in results),

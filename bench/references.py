@@ -1,16 +1,20 @@
-"""The two reference relays the product is compared with, each its own server process.
+"""The reference relays the product is compared with, each its own server process.
 
-Both do exactly the same work per request: POST the chat to the upstream with a shared
-``httpx.AsyncClient``, read its SSE lines, ``json.loads`` each chunk, and send every
+Every reference does exactly the same work per request: POST the chat to the upstream
+with a shared HTTP client, read its SSE lines, ``json.loads`` each chunk, and send every
 text delta to the client as ``event: chunk`` / ``data: {"content": ...}``, then
-``event: done``. Only the server stack differs:
+``event: done``. Two things vary:
 
-- ``starlette``: a bare Starlette app under uvicorn (asyncio loop, h11, no access log);
-- ``django``: an empty Django 5.2 async view under daphne, no middleware, no apps, no
-  database (``bench/refdjango``), no access log.
+- the server stack: ``starlette``, a bare Starlette app under uvicorn (asyncio loop, h11,
+  no access log); ``django``, an empty Django 5.2 async view under daphne, no middleware,
+  no apps, no database (``bench/refdjango``), no access log;
+- the HTTP client to the upstream (``--client``): ``httpx`` (one ``httpx.AsyncClient``)
+  or ``aiohttp`` (one ``aiohttp.ClientSession``: the client the product's SDKs use by
+  default, ``AI_HTTP_CLIENT``), so that the product is compared with a relay on the same
+  client.
 
     python bench/references.py starlette --port 9101 --upstream http://127.0.0.1:9100/v1
-    python bench/references.py django    --port 9102 --upstream http://127.0.0.1:9100/v1
+    python bench/references.py django --client aiohttp --port 9102 --upstream ...
 
 The endpoint is ``POST /relay`` (body ``{"messages": [...]}``, optional ``?tokens=N``).
 """
@@ -26,11 +30,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 
 _clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+_sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+#: The upstream client of this process's relay: "httpx" or "aiohttp" (``--client``).
+CLIENT_ENV = "BENCH_RELAY_CLIENT"
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
@@ -44,6 +52,18 @@ def _client() -> httpx.AsyncClient:
         )
         _clients[loop] = client
     return client
+
+
+def _session() -> aiohttp.ClientSession:
+    loop = asyncio.get_running_loop()
+    session = _sessions.get(loop)
+    if session is None:
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=2000, limit_per_host=0),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=60.0),
+        )
+        _sessions[loop] = session
+    return session
 
 
 def upstream_request(body: bytes, tokens: str | None = None) -> tuple[str, dict[str, Any]]:
@@ -64,8 +84,44 @@ def upstream_request(body: bytes, tokens: str | None = None) -> tuple[str, dict[
     return url, payload
 
 
-async def relay_events(url: str, payload: dict[str, Any]) -> AsyncIterator[bytes]:
-    """The upstream's text deltas as SSE ``chunk`` events, then ``done``."""
+def relay_events(url: str, payload: dict[str, Any]) -> AsyncIterator[bytes]:
+    """The upstream's text deltas as SSE ``chunk`` events, then ``done``, on the client
+    ``BENCH_RELAY_CLIENT`` names (httpx unless ``aiohttp``)."""
+    if os.environ.get(CLIENT_ENV) == "aiohttp":
+        return relay_events_aiohttp(url, payload)
+    return relay_events_httpx(url, payload)
+
+
+def _chunk_event(data: bytes | str) -> bytes | None:
+    chunk = json.loads(data)
+    choices = chunk.get("choices")
+    if choices:
+        content = choices[0].get("delta", {}).get("content")
+        if content:
+            return b"event: chunk\ndata: " + _dumps({"content": content}).encode() + b"\n\n"
+    return None
+
+
+async def relay_events_aiohttp(url: str, payload: dict[str, Any]) -> AsyncIterator[bytes]:
+    """:func:`relay_events` on one shared ``aiohttp.ClientSession``."""
+    async with _session().post(url, json=payload) as response:
+        if response.status != 200:
+            yield b'event: error\ndata: {"code":"upstream"}\n\n'
+            return
+        async for line in response.content:  # one line at a time, with its newline
+            if not line.startswith(b"data: "):
+                continue
+            data = line[6:].rstrip(b"\r\n")
+            if data == b"[DONE]":
+                break
+            event = _chunk_event(data)
+            if event:
+                yield event
+    yield b'event: done\ndata: {"type":"done"}\n\n'
+
+
+async def relay_events_httpx(url: str, payload: dict[str, Any]) -> AsyncIterator[bytes]:
+    """:func:`relay_events` on one shared ``httpx.AsyncClient``."""
     async with _client().stream("POST", url, json=payload) as response:
         if response.status_code != 200:
             yield b'event: error\ndata: {"code":"upstream"}\n\n'
@@ -76,12 +132,9 @@ async def relay_events(url: str, payload: dict[str, Any]) -> AsyncIterator[bytes
             data = line[6:]
             if data == "[DONE]":
                 break
-            chunk = json.loads(data)
-            choices = chunk.get("choices")
-            if choices:
-                content = choices[0].get("delta", {}).get("content")
-                if content:
-                    yield b"event: chunk\ndata: " + _dumps({"content": content}).encode() + b"\n\n"
+            event = _chunk_event(data)
+            if event:
+                yield event
     yield b'event: done\ndata: {"type":"done"}\n\n'
 
 
@@ -114,7 +167,9 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", default=os.environ.get("BENCH_UPSTREAM", ""))
+    parser.add_argument("--client", choices=["httpx", "aiohttp"], default="httpx")
     args = parser.parse_args()
+    os.environ[CLIENT_ENV] = args.client  # read per request, here and in daphne's process
     if args.upstream:
         os.environ["BENCH_UPSTREAM"] = args.upstream
     if args.kind == "starlette":

@@ -45,7 +45,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # the checkout, not bench/ (whose profile.py shadows the stdlib's)
 
-from bench.cluster_mode import run_cluster  # noqa: E402
+from bench.cluster_mode import run_cluster, two_process_line  # noqa: E402
 from bench.common import (  # noqa: E402
     LONG,
     PACE_MS,
@@ -72,6 +72,15 @@ from bench.common import (  # noqa: E402
     upstream_base_url,
 )
 from bench.load import Target, run_load, summarize  # noqa: E402
+
+#: The reference relays: server stack x HTTP client to the upstream (bench/references.py).
+REFERENCES = ("starlette", "django", "starlette-aiohttp", "django-aiohttp")
+#: What the targets are read against: the empty Django view on aiohttp, the client the
+#: product's SDKs use by default.
+REFERENCE = "django-aiohttp"
+ORDER = {
+    name: i for i, name in enumerate(["upstream", *REFERENCES, "product", "product-noextract"])
+}
 
 CHART = ROOT / "docs" / "bench.png"
 CHART_PINNED = ROOT / "docs" / "bench-pinned.png"  # --pin
@@ -173,7 +182,7 @@ def derive(rows: list[dict[str, Any]]) -> None:
     """Ratios to the references, TTFC overhead, and the fixed + marginal CPU fit."""
     by = {(r["target"], r["T"], r["C"]): r for r in rows}
     for r in rows:
-        for ref in ("starlette", "django"):
+        for ref in REFERENCES:
             other = by.get((ref, r["T"], r["C"]))
             mine = r.get("cpu_per_1k_tokens")
             theirs = other and other.get("cpu_per_1k_tokens")
@@ -193,7 +202,7 @@ def derive(rows: list[dict[str, Any]]) -> None:
             r["marginal_cpu_us"] = round(marginal * 1e6, 1)
             r["fixed_cpu_ms"] = round((short_turn - SHORT * marginal) * 1000, 2)
     for r in rows:
-        for ref in ("starlette", "django"):
+        for ref in REFERENCES:
             other = by.get((ref, r["T"], r["C"]))
             for key in ("fixed_cpu_ms", "marginal_cpu_us"):
                 mine, theirs = r.get(key), other and other.get(key)
@@ -205,7 +214,8 @@ def derive(rows: list[dict[str, Any]]) -> None:
 COLUMNS = (
     "| target | T | C | turns | TTFC p50 / p99 ms | TTFC overhead p50 ms | gap p50 / p99 ms "
     "| last chunk over ideal p50 / p99 ms | errors | CPU s / 1k tokens | x starlette "
-    "| x django | fixed CPU / turn ms | marginal CPU / token µs | RSS / open stream KB |"
+    "| x django | x django-aiohttp | fixed CPU / turn ms | marginal CPU / token µs "
+    "| RSS / open stream KB |"
 )
 
 
@@ -228,6 +238,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                     fmt(r["cpu_per_1k_tokens"], 3),
                     fmt(r["ratio_starlette"], 2),
                     fmt(r["ratio_django"], 2),
+                    fmt(r[f"ratio_{REFERENCE}"], 2),
                     fmt(r["fixed_cpu_ms"], 1),
                     fmt(r["marginal_cpu_us"], 1),
                     fmt(r["rss_per_stream_kb"], 1) if r["C"] >= 50 else "-",
@@ -242,8 +253,8 @@ def harness_table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| target | T | C | wall s | server CPU s (user + sys) | CPU / turn ms | upstream CPU s "
         "| load generator CPU s | other processes CPU s | host busy | RSS before / peak MB "
-        "| tail after last chunk p50 ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| tail after last chunk p50 ms | refused 503 server_busy / failed after start |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
@@ -252,7 +263,8 @@ def harness_table(rows: list[dict[str, Any]]) -> str:
             f"| {fmt(r['cpu_per_turn_ms'], 2)} | {fmt(r['upstream_cpu_s'], 2)} "
             f"| {fmt(r['loadgen_cpu_s'], 2)} | {fmt(r['other_cpu_s'], 2)} "
             f"| {r['host_busy'] * 100:.0f}% "
-            f"| {r['rss_before_mb']} / {r['rss_peak_mb']} | {fmt(r['tail_p50'])} |"
+            f"| {r['rss_before_mb']} / {r['rss_peak_mb']} | {fmt(r['tail_p50'])} "
+            f"| {r.get('refused', 0)} / {r.get('failed_after_start', 0)} |"
         )
     return "\n".join(lines)
 
@@ -276,25 +288,91 @@ def rss_slopes(rows: list[dict[str, Any]]) -> dict[str, float]:
     return slopes
 
 
-def targets_verdict(rows: list[dict[str, Any]], slopes: dict[str, float]) -> list[str]:
+#: CPU per relayed token: the product against :data:`REFERENCE`, at most this ratio at C.
+CPU_RATIO_TARGETS = {1: 1.0, 50: 1.0, 200: 1.3, 500: 1.3}
+#: `done` after the last chunk (tail) p50 below this many ms at C, unless refused early.
+TAIL_TARGETS_MS = {200: 200.0, 500: 1000.0}
+SHORT_TURN_CPU_RATIO = 2.0  # T=5 at C=50: CPU per turn
+RSS_SLOPE_KB = 100.0
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("**met**" if ok else "**not met**")
+
+
+def targets_verdict(
+    rows: list[dict[str, Any]], slopes: dict[str, float], cluster: dict[str, Any] | None = None
+) -> list[str]:
+    """One line per target of the load issue: met / not met / n/a, with the numbers.
+    Read against :data:`REFERENCE`; ``cluster`` is the last ``--cluster`` run's target."""
     by = {(r["target"], r["T"], r["C"]): r for r in rows}
+    ref = REFERENCE
     out = []
-
-    def verdict(ok: bool | None) -> str:
-        return "n/a" if ok is None else ("**met**" if ok else "**not met**")
-
-    for c in (1, 50):
-        p, d = by.get(("product", LONG, c)), by.get(("django", LONG, c))
-        ok = None
-        text = "missing"
+    for c, bound in CPU_RATIO_TARGETS.items():
+        p, d = by.get(("product", LONG, c)), by.get((ref, LONG, c))
+        ok, text = None, "phase not run"
         if p and d and p.get("cpu_per_1k_tokens") and d.get("cpu_per_1k_tokens"):
-            ok = p["cpu_per_1k_tokens"] <= d["cpu_per_1k_tokens"]
+            ratio = p["cpu_per_1k_tokens"] / d["cpu_per_1k_tokens"]
+            ok = ratio <= bound
             text = (
-                f"product {p['cpu_per_1k_tokens']:.3f} s vs django {d['cpu_per_1k_tokens']:.3f}"
-                f" s per 1k tokens (x{p['ratio_django']}); marginal per token "
-                f"{fmt(p.get('marginal_cpu_us'))} µs vs {fmt(d.get('marginal_cpu_us'))} µs"
+                f"product {p['cpu_per_1k_tokens']:.3f} s vs {ref} {d['cpu_per_1k_tokens']:.3f} s "
+                f"per 1k tokens: x{ratio:.2f}"
             )
-        out.append(f"- CPU per relayed token ≤ empty Django relay at C={c}: {verdict(ok)} ({text})")
+            httpx_ref = by.get(("django", LONG, c))
+            if httpx_ref and httpx_ref.get("cpu_per_1k_tokens"):
+                text += (
+                    f"; x{fmt(p.get('ratio_django'), 2)} the httpx django relay "
+                    f"({httpx_ref['cpu_per_1k_tokens']:.3f} s)"
+                )
+        out.append(f"- CPU per token ≤ {bound}x {ref} at C={c}: {_verdict(ok)} ({text})")
+    for c, bound in TAIL_TARGETS_MS.items():
+        p = by.get(("product", LONG, c))
+        ok, text = None, "phase not run"
+        if p:
+            tail = p.get("tail_p50")
+            failed = p.get("failed_after_start", 0)
+            ok = failed == 0 and tail is not None and tail < bound
+            text = (
+                f"tail p50 {fmt(tail)} ms over {p['ok']} completed turns; "
+                f"{p.get('refused', 0)} refused early with 503 server_busy; "
+                f"{failed} failed after they started; errors {error_text(p)}"
+            )
+        out.append(
+            f"- `done` after the last chunk p50 < {bound:g} ms at C={c} (excess turns may be "
+            f"refused early with 503 server_busy, none may fail after it started): "
+            f"{_verdict(ok)} ({text})"
+        )
+    p, d = by.get(("product", SHORT, 50)), by.get((ref, SHORT, 50))
+    ok, text = None, "phase not run"
+    if p and d and p.get("ok") and d.get("ok") and d.get("cpu_per_turn_ms"):
+        ratio = p["cpu_per_turn_ms"] / d["cpu_per_turn_ms"]
+        ok = ratio <= SHORT_TURN_CPU_RATIO
+        text = (
+            f"product {p['cpu_per_turn_ms']:.2f} ms vs {ref} {d['cpu_per_turn_ms']:.2f} ms "
+            f"per turn: x{ratio:.2f}"
+        )
+    out.append(
+        f"- T={SHORT} at C=50: CPU per turn ≤ {SHORT_TURN_CPU_RATIO:g}x {ref}: "
+        f"{_verdict(ok)} ({text})"
+    )
+    slope = slopes.get("product")
+    points = sorted(
+        r["C"] for r in rows if r["target"] == "product" and r["T"] == LONG and r["C"] >= 50
+    )
+    out.append(
+        f"- memory per open stream < {RSS_SLOPE_KB:g} KB (slope of peak RSS over C): "
+        f"{_verdict(None if slope is None else slope < RSS_SLOPE_KB)} "
+        f"({fmt(slope)} KB per stream over C = {', '.join(map(str, points))}; "
+        f"{ref}: {fmt(slopes.get(ref))} KB)"
+    )
+    if cluster:
+        out.append(two_process_line(cluster["target"], f"; from `--cluster` of {cluster['date']}"))
+    else:
+        out.append(
+            "- two processes behind nginx: throughput at C=200 >= 1.5x one process: n/a "
+            "(measured by `make bench BENCH_ARGS=--cluster`; no bench/results/cluster.json)"
+        )
+    # Earlier targets, kept: fixed CPU per turn, C=200 gaps, TTFC overhead.
     for c in (1, 50):
         p = by.get(("product-noextract", LONG, c))
         full = by.get(("product", LONG, c))
@@ -302,10 +380,10 @@ def targets_verdict(rows: list[dict[str, Any]], slopes: dict[str, float]) -> lis
         ok = None if fixed is None else fixed < 20
         extra = f"; with extraction {fmt(full and full.get('fixed_cpu_ms'))} ms" if full else ""
         out.append(
-            f"- fixed CPU per turn (extraction off) < 20 ms at C={c}: {verdict(ok)} "
+            f"- fixed CPU per turn (extraction off) < 20 ms at C={c}: {_verdict(ok)} "
             f"({fmt(fixed)} ms{extra})"
         )
-    p, d = by.get(("product", LONG, 200)), by.get(("django", LONG, 200))
+    p, d = by.get(("product", LONG, 200)), by.get((ref, LONG, 200))
     if p and d:
         ok = p["errors"] == 0 and (
             p["gap_p99"] is not None
@@ -313,28 +391,27 @@ def targets_verdict(rows: list[dict[str, Any]], slopes: dict[str, float]) -> lis
             and p["gap_p99"] <= 2 * d["gap_p99"]
         )
         out.append(
-            f"- C=200 on one process: no error and gap p99 ≤ 2x django's: {verdict(ok)} "
-            f"(errors {p['errors']}, gap p99 {fmt(p['gap_p99'])} ms vs django "
-            f"{fmt(d['gap_p99'])} ms)"
+            f"- C=200 on one process: no error and gap p99 ≤ 2x {ref}'s: {_verdict(ok)} "
+            f"(errors {p['errors']}, gap p99 {fmt(p['gap_p99'])} ms vs {fmt(d['gap_p99'])} ms)"
         )
-    else:
-        out.append("- C=200: n/a (phase not run)")
     p = by.get(("product", LONG, 1))
     ov = p and p.get("ttfc_overhead_p50")
     out.append(
-        f"- TTFC overhead p50 < 15 ms at C=1: {verdict(None if ov is None else ov < 15)} "
+        f"- TTFC overhead p50 < 15 ms at C=1: {_verdict(None if ov is None else ov < 15)} "
         f"({fmt(ov)} ms over the upstream's own "
         f"{fmt(by.get(('upstream', LONG, 1), {}).get('ttfc_p50'))} ms)"
     )
-    p = by.get(("product", LONG, 200)) or by.get(("product", LONG, 50))
-    per = p and p.get("rss_per_stream_kb")
-    slope = slopes.get("product")
-    out.append(
-        f"- memory per open stream < 100 KB: {verdict(None if per is None else per < 100)} "
-        f"({fmt(per)} KB at C={p['C'] if p else '-'}; slope of peak RSS over C: "
-        f"{fmt(slope)} KB)"
-    )
     return out
+
+
+def last_cluster_target() -> dict[str, Any] | None:
+    """The two-process target of the last ``--cluster`` run (bench/results/cluster.json)."""
+    path = RESULTS / "cluster.json"
+    try:
+        data = json.loads(path.read_text())
+        return {"date": data["date"], "target": data["target"]}
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def chart(rows: list[dict[str, Any]], path: Path, pinned: bool) -> None:
@@ -345,7 +422,7 @@ def chart(rows: list[dict[str, Any]], path: Path, pinned: bool) -> None:
 
     names = [
         n
-        for n in ("starlette", "django", "product", "product-noextract")
+        for n in (*REFERENCES, "product", "product-noextract")
         if any(r["target"] == n for r in rows)
     ]
     concs = sorted({r["C"] for r in rows if r["T"] == LONG})
@@ -397,8 +474,11 @@ def chart(rows: list[dict[str, Any]], path: Path, pinned: bool) -> None:
 
 
 def phases(quick: bool) -> list[Phase]:
-    everyone = ["upstream", "starlette", "django", "product", "product-noextract"]
-    heavy = ["upstream", "starlette", "django", "product"]
+    everyone = ["upstream", *REFERENCES, "product", "product-noextract"]
+    # C=200 and 500 (saturated, the longest phases): the reference (and its httpx twin at
+    # C=200), to keep the whole run under five minutes.
+    heavy = ["upstream", "django", REFERENCE, "product"]
+    heaviest = ["upstream", REFERENCE, "product"]
     if quick:
         return [
             Phase(LONG, 1, 3, everyone),
@@ -407,12 +487,12 @@ def phases(quick: bool) -> list[Phase]:
             Phase(SHORT, 50, 2, everyone, ramp=0.2),
         ]
     return [
-        Phase(LONG, 1, 5, everyone),
-        Phase(SHORT, 1, 60, everyone),
+        Phase(LONG, 1, 3, everyone),
+        Phase(SHORT, 1, 30, everyone),
         Phase(LONG, 50, 2, everyone, ramp=0.5),
         Phase(SHORT, 50, 4, everyone, ramp=0.2),
         Phase(LONG, 200, 1, heavy, ramp=0.5),
-        Phase(LONG, 500, 1, heavy, ramp=1.0),
+        Phase(LONG, 500, 1, heaviest, ramp=1.0),
     ]
 
 
@@ -469,10 +549,12 @@ def start_servers(
     upstream_url = upstream_base_url(servers["upstream"])
     ref_env = {**base_env, "BENCH_UPSTREAM": upstream_url}
     try:
-        for kind in ("starlette", "django"):
+        for name in REFERENCES:
+            kind, _, client = name.partition("-")
             port = free_port()
             cmd = [PY, "bench/references.py", kind, "--port", str(port)]
-            servers[kind] = Server(kind, cmd, ref_env, port, cores=measured).start(tmp)
+            cmd += ["--client", client or "httpx"]
+            servers[name] = Server(name, cmd, ref_env, port, cores=measured).start(tmp)
         database_url = recreate_postgres_database("bench") if args.postgres else sqlite_url(tmp)
         env = product_env(base_env, upstream_url, database_url, REDIS_URL if args.redis else None)
         key, context_id = setup_product(env)
@@ -485,8 +567,7 @@ def start_servers(
         raise
     targets = {
         "upstream": Target.upstream("upstream", servers["upstream"].url("/v1/chat/completions")),
-        "starlette": Target.relay("starlette", servers["starlette"].url("/relay")),
-        "django": Target.relay("django", servers["django"].url("/relay")),
+        **{name: Target.relay(name, servers[name].url("/relay")) for name in REFERENCES},
         **{
             name: Target.product(name, servers[name].url(STREAM_PATH), key, context_id)
             for name in ("product", "product-noextract")
@@ -518,16 +599,18 @@ def report(
             ),
             "",
             "CPU is the server process's user + system time over the phase, per 1,000 tokens "
-            "received by the clients; x starlette / x django are ratios to the references at "
-            "the same T and C. Fixed / marginal: two-point fit of CPU per turn at T=200 and "
-            "T=5. TTFC overhead: over the upstream's own p50 at the same C. RSS per open "
+            "received by the clients; x starlette / x django / x django-aiohttp are ratios to "
+            "the references at the same T and C (the targets are read against django-aiohttp, "
+            "the empty Django relay on aiohttp, the product's default client). Fixed / "
+            "marginal: two-point fit of CPU per turn at T=200 and T=5. TTFC overhead: over "
+            "the upstream's own p50 at the same C. RSS per open "
             "stream: (peak - before) / C.",
             "",
             markdown_table(rows),
             "",
             "## Targets",
             "",
-            *targets_verdict(rows, meta["rss_slope_kb_per_stream"]),
+            *targets_verdict(rows, meta["rss_slope_kb_per_stream"], last_cluster_target()),
             "",
             "## Harness (is anything else the bottleneck?)",
             "",
@@ -592,8 +675,7 @@ def main() -> None:
         stop_all(list(servers.values()))
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
-    order = {"upstream": 0, "starlette": 1, "django": 2, "product": 3, "product-noextract": 4}
-    rows.sort(key=lambda r: (r["T"] != LONG, r["C"], r["T"], order[r["target"]]))
+    rows.sort(key=lambda r: (r["T"] != LONG, r["C"], r["T"], ORDER[r["target"]]))
     derive(rows)
     meta = {
         "date": now_iso(),
@@ -613,10 +695,10 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.md").write_text(md)
     (RESULTS / "latest.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print()
+    print(md, flush=True)
     chart_path = CHART_PINNED if pin else CHART
     chart(rows, chart_path, pinned=bool(pin))
-    print()
-    print(md)
     print(f"Saved {RESULTS / 'latest.md'}, {RESULTS / 'latest.json'} and {chart_path}.")
 
 
