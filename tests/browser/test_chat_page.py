@@ -103,8 +103,8 @@ def test_the_page_sends_a_strict_csp_and_a_csrf_cookie(logged_in, server):
     assert src.startswith("/static/web/chat.") and src != "/static/web/chat.js"
     # ...and so are the modules chat.js imports (web.storage rewrites the imports).
     names = sorted(url.rsplit("/", 1)[1] for url in static)
-    assert len(names) == 4, names  # style.css, chat.js, api.js, sse.js
-    assert not {"api.js", "sse.js", "chat.js", "style.css"} & set(names), names
+    assert len(names) == 5, names  # style.css, chat.js, api.js, sse.js, markdown.js
+    assert not {"api.js", "sse.js", "markdown.js", "chat.js", "style.css"} & set(names), names
 
 
 # --- A turn: typing, flows, quota --------------------------------------------------------------

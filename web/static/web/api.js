@@ -113,17 +113,37 @@ export const createContext = (name) =>
   getJSON("/contexts/", { method: "POST", json: { name } });
 export const listConversations = (contextId) =>
   getAll(`/conversations/?context_id=${q(contextId)}`);
-/** Messages of a conversation, oldest first. */
+export const getConversation = (conversationId) =>
+  getJSON(`/conversations/${q(conversationId)}/`);
+/** Rename a conversation; a title set here is never overwritten by a generated one. */
+export const renameConversation = (conversationId, title) =>
+  getJSON(`/conversations/${q(conversationId)}/`, { method: "PATCH", json: { title } });
+/** Messages of a conversation, oldest first (superseded ones left out by the server). */
 export const listMessages = (conversationId) =>
   getAll(`/conversations/${q(conversationId)}/messages/`);
+/** The conversation as a download (format "md" or "json"); a plain link, no fetch needed. */
+export const exportUrl = (conversationId, format) =>
+  `${API_ROOT}/conversations/${q(conversationId)}/export?format=${q(format)}`;
+
+// --- Search and models (docs/api.md#search, docs/api.md#models) ---------------------------
+/** Messages and flows matching `query`, best first; `contextId` narrows to one context. */
+export const search = (query, contextId) =>
+  getJSON(`/search/?q=${q(query)}${contextId ? `&context_id=${q(contextId)}` : ""}`);
+/** The models a turn may ask for (a route name "provider:model"), with their prices. */
+export const listModels = () => getAll("/models/");
 
 // --- Flows and quota ---------------------------------------------------------------------
 export const listFlows = (contextId) => getAll(`/contexts/${q(contextId)}/flows/`);
 export const markFlowDone = (flowId) =>
   getJSON(`/flows/${q(flowId)}/`, { method: "PATCH", json: { status: "done" } });
 export const getQuota = () => getJSON("/quota/");
+/** A flow's history: created, updated, done, reopened; by whom and from which message. */
+export const listFlowEvents = (flowId) => getAll(`/flows/${q(flowId)}/events/`);
 
 // --- The streaming turn (docs/api.md#the-streaming-turn) -----------------------------------
+
+const streamPost = (path, json, signal) =>
+  request(path, { method: "POST", json, headers: { Accept: "text/event-stream" }, signal });
 
 /**
  * Start a chat turn and return the SSE Response (read `response.body` with sse.js).
@@ -134,12 +154,21 @@ export const getQuota = () => getJSON("/quota/");
  * too_many_streams, 503 ai_unavailable) throw an ApiError.
  */
 export const startTurn = (body, { signal } = {}) =>
-  request("/conversations/stream", {
-    method: "POST",
-    json: body,
-    headers: { Accept: "text/event-stream" },
-    signal,
-  });
+  streamPost("/conversations/stream", body, signal);
+
+/**
+ * A new reply to the same user message, in place of the last assistant reply
+ * `messageId` (which becomes superseded). Streams like startTurn.
+ */
+export const regenerateMessage = (messageId, body = {}, { signal } = {}) =>
+  streamPost(`/messages/${q(messageId)}/regenerate`, body, signal);
+
+/**
+ * Replace the user message `messageId` with `content`: it and everything after it become
+ * superseded, a new user message is stored and a new reply streams like startTurn.
+ */
+export const editMessage = (messageId, body, { signal } = {}) =>
+  streamPost(`/messages/${q(messageId)}/edit`, body, signal);
 
 /** Stop a reply; the stream then ends with `done`, finish_reason "cancelled". */
 export const cancelMessage = (messageId) =>

@@ -6,12 +6,16 @@
 //   - resume():        following a reply with EventSource after the fetch stream broke or
 //                      after a reload, without losing or doubling text (docs/api.md#resume-cancel-disconnect);
 //   - stop():          cancelling a reply;
-//   - Reply:           reply text is untrusted, so it only ever goes into text nodes.
+//   - regenerate(), edit(): steering a conversation; they stream like send() (runTurn());
+//   - Reply:           reply text is untrusted: it is rendered as markdown by markdown.js,
+//                      which builds DOM nodes (never HTML), re-rendered once per frame.
 //
 // Safety rule for the whole file: text from the server (replies, titles, flow names,
-// error messages) is put into the page with textContent / text nodes, never innerHTML.
+// snippets, error messages) is put into the page with textContent / text nodes (or
+// markdown.js, which does the same), never innerHTML.
 
 import * as api from "./api.js";
+import { renderMarkdown } from "./markdown.js";
 import { readEvents } from "./sse.js";
 
 const $ = (id) => document.getElementById(id);
@@ -24,6 +28,22 @@ const el = {
   newConversation: $("new-conversation"),
   conversationList: $("conversation-list"),
   heading: $("chat-heading"),
+  rename: $("rename"),
+  titleForm: $("title-form"),
+  titleInput: $("title-input"),
+  titleCancel: $("title-cancel"),
+  exportBox: $("export"),
+  exportMd: $("export-md"),
+  exportJson: $("export-json"),
+  searchForm: $("search-form"),
+  searchInput: $("search-input"),
+  searchHere: $("search-here"),
+  searchPanel: $("search-panel"),
+  searchStatus: $("search-status"),
+  searchResults: $("search-results"),
+  searchClose: $("search-close"),
+  modelChoice: $("model-choice"),
+  modelPicker: $("model-picker"),
   messages: $("messages"),
   composer: $("composer"),
   input: $("composer-input"),
@@ -41,12 +61,26 @@ const state = {
   conversations: [],
   conversationId: null,
   flows: [],
+  flowEvents: new Map(), // flow id -> its history, once loaded
+  openHistories: new Set(), // flow ids whose history is shown
+  updatedFlows: new Set(), // flow ids the last turn updated (highlighted)
+  liveTitles: new Map(), // conversation id -> its latest title (a title event, a rename)
+  models: [],
   live: null, // the Reply being streamed into the open conversation, if any
   unloading: false, // the page is going away: do not try to resume anything
 };
 
 /** The events of a chat turn's stream, in their order (docs/api.md#sse-events). */
-const EVENT_TYPES = ["metadata", "typing", "chunk", "flows_extracted", "done", "error"];
+const EVENT_TYPES = [
+  "metadata",
+  "failover",
+  "typing",
+  "chunk",
+  "flows_extracted",
+  "title",
+  "done",
+  "error",
+];
 
 /** Event ids encode positions: a chunk ending at character n of the reply has id 2 + n. */
 const TEXT_BASE_ID = 2;
@@ -110,18 +144,54 @@ const STATUS_LABELS = {
   interrupted: "interrupted",
 };
 
-/** An <article> for one message; its text goes into a text node. */
-function messageElement({ id, role, content, status }) {
+/** The text of each message shown (what "Edit" starts from), by its <article>. */
+const messageTexts = new WeakMap();
+
+/**
+ * An <article> for one message. A user's text goes into a text node as typed; an
+ * assistant's reply is rendered as markdown (markdown.js: DOM nodes, never HTML).
+ */
+function messageElement({ id, role, content, status, provider, model }) {
   const article = h("article", `message message--${role}`);
   if (id) article.dataset.messageId = id;
   const header = h("header", "message__header");
   header.append(h("span", "message__role", ROLE_LABELS[role] || role));
   header.append(h("span", "message__status"));
+  if (role === "assistant") header.append(h("span", "message__model", routeName(provider, model)));
   const body = h("div", "message__body");
-  body.append(document.createTextNode(content || ""));
   article.append(header, body);
+  setMessageText(article, content || "");
+  const actions = h("div", "message__actions");
+  actions.hidden = true; // updateControls() shows what applies
+  if (role === "user") {
+    actions.append(actionButton("Edit", "Edit this message and send it again", () => openEditor(article)));
+  } else if (role === "assistant") {
+    actions.append(actionButton("Regenerate", "Write this reply again", () => regenerate(article)));
+  }
+  article.append(actions);
   setMessageStatus(article, status || "complete");
   return article;
+}
+
+function actionButton(text, label, onClick) {
+  const button = h("button", "button button--small", text);
+  button.type = "button";
+  button.title = label;
+  button.addEventListener("click", onClick);
+  return button;
+}
+
+const routeName = (provider, model) => (provider && model ? `${provider}:${model}` : "");
+
+function setMessageText(article, text) {
+  messageTexts.set(article, text);
+  const body = article.querySelector(".message__body");
+  if (article.classList.contains("message--assistant")) {
+    body.classList.add("markdown");
+    body.replaceChildren(renderMarkdown(text));
+  } else {
+    body.replaceChildren(document.createTextNode(text));
+  }
 }
 
 function setMessageStatus(article, status) {
@@ -129,11 +199,23 @@ function setMessageStatus(article, status) {
   article.querySelector(".message__status").textContent = STATUS_LABELS[status] || "";
 }
 
-function appendMessage(message) {
-  const article = messageElement(message);
-  el.messages.append(article);
-  scrollToEnd(true);
-  return article;
+/**
+ * Show the actions that apply now: "Edit" on user messages the server knows (they have
+ * an id), "Regenerate" on the last reply once it has ended; none while a reply streams.
+ */
+function updateControls() {
+  const busy = Boolean(state.live);
+  const articles = Array.from(el.messages.querySelectorAll(".message")).filter((a) => !a.hidden);
+  const last = articles[articles.length - 1];
+  for (const article of articles) {
+    const actions = article.querySelector(".message__actions");
+    if (!actions) continue;
+    const known = Boolean(article.dataset.messageId);
+    const editing = article.classList.contains("message--editing");
+    actions.hidden = article.classList.contains("message--user")
+      ? busy || !known || editing
+      : busy || !known || article !== last || article.dataset.status === "streaming";
+  }
 }
 
 /**
@@ -141,27 +223,75 @@ function appendMessage(message) {
  * last event applied (what a resume starts after).
  */
 class Reply {
-  constructor({ messageId = null, content = "", retryText = "" } = {}) {
+  constructor({ messageId = null, content = "", retry = null } = {}) {
     this.messageId = messageId;
     this.text = content;
     this.lastEventId = 0;
-    this.retryText = retryText; // what "Retry" sends again
+    this.retry = retry; // what "Retry" does (a function), if anything
     this.finished = false;
     this.detached = false; // the user left the conversation; the server goes on
     this.controller = null; // aborts the fetch stream
     this.source = null; // the EventSource of a resume
+    this.userArticle = null; // the user message this turn stored (gets its id from metadata)
+    this.replaced = []; // messages this turn supersedes: hidden now, removed on metadata
+    this.frame = 0; // a pending render (requestAnimationFrame or timer id)
+    this.renderCost = 0; // how long the last render took, in ms
     this.article = messageElement({ id: messageId, role: "assistant", content, status: "streaming" });
     this.body = this.article.querySelector(".message__body");
     // Screen readers announce the reply as it types, politely (after what they are saying).
     this.body.setAttribute("aria-live", "polite");
-    this.textNode = this.body.firstChild;
   }
 
-  /** Append a text delta: as text, so "<script>" in a reply is just characters. */
+  /**
+   * Append a text delta. The reply is markdown, so the whole text is rendered again
+   * (a "**" or a code fence changes what came before it), at most once per animation
+   * frame; a long reply whose render is slow is rendered less often.
+   */
   append(delta) {
     this.text += delta;
-    this.textNode.appendData(delta);
+    this.scheduleRender();
+  }
+
+  scheduleRender() {
+    if (this.frame) return;
+    const frame = () => {
+      this.frame = 0;
+      this.render();
+    };
+    if (this.renderCost > 8) {
+      this.frame = setTimeout(frame, Math.min(this.renderCost * 4, 400));
+    } else {
+      this.frame = requestAnimationFrame(frame);
+    }
+  }
+
+  /** Render the text now (and drop a pending render): on every end of the stream. */
+  render() {
+    if (this.frame) {
+      cancelAnimationFrame(this.frame);
+      clearTimeout(this.frame);
+      this.frame = 0;
+    }
+    const started = performance.now();
+    setMessageText(this.article, this.text);
+    this.renderCost = performance.now() - started;
     scrollToEnd();
+  }
+
+  /** The route that writes the reply (metadata, failover, done). */
+  setRoute(provider, model) {
+    const name = routeName(provider, model);
+    if (name) this.article.querySelector(".message__model").textContent = name;
+  }
+
+  /** A `failover` event: the first route failed before any text, another one answers. */
+  failover({ from = {}, to = {}, code = "" }) {
+    const from_ = routeName(from.provider, from.model) || "the first model";
+    const to_ = routeName(to.provider, to.model) || "another model";
+    const note = h("p", "message__note", `${from_} did not answer (${code || "error"}); ${to_} answers instead.`);
+    note.setAttribute("role", "status");
+    this.article.querySelector(".message__header").after(note);
+    this.setRoute(to.provider, to.model);
   }
 
   setTyping(on) {
@@ -170,38 +300,41 @@ class Reply {
   }
 
   finish(status) {
-    this.end();
     setMessageStatus(this.article, status);
+    this.end();
   }
 
   /** An `error` event (or a stream we could not follow): show it, offer a retry. */
   fail({ message, retryable }) {
-    this.end();
     setMessageStatus(this.article, "failed");
+    this.end();
     const box = h("div", "message__error");
     box.setAttribute("role", "alert");
     box.append(h("p", null, message || "The reply failed."));
-    if (retryable && this.retryText) {
+    if (retryable && this.retry) {
       const retry = h("button", "button button--small", "Retry");
       retry.type = "button";
       retry.addEventListener("click", () => {
         if (state.live) return;
         box.remove();
-        send(this.retryText);
+        this.retry();
       });
       box.append(retry);
     }
-    this.article.append(box);
+    this.article.querySelector(".message__actions").before(box);
     scrollToEnd();
   }
 
   end() {
     this.finished = true;
+    this.render();
     this.setTyping(false);
     if (this.source) this.source.close(); // or EventSource reconnects forever
     if (state.live === this) {
       state.live = null;
       setBusy(false);
+    } else {
+      updateControls();
     }
   }
 
@@ -218,6 +351,7 @@ function setBusy(busy) {
   el.stop.hidden = !busy;
   el.stop.disabled = !(busy && state.live && state.live.messageId);
   if (!busy) el.typing.hidden = true;
+  updateControls();
 }
 
 // --- The stream's events ------------------------------------------------------------------
@@ -240,6 +374,13 @@ function handleEvent(reply, type, data, id) {
       // and, for a new conversation, the conversation the server just created.
       reply.messageId = data.message_id;
       reply.article.dataset.messageId = data.message_id;
+      reply.setRoute(data.provider, data.model);
+      if (reply.userArticle && data.user_message_id) {
+        reply.userArticle.dataset.messageId = data.user_message_id;
+      }
+      // The turn started: the messages it supersedes (regenerate, edit) leave the view.
+      for (const node of reply.replaced) node.remove();
+      reply.replaced = [];
       el.stop.disabled = false;
       if (data.quota) renderQuota(data.quota);
       if (!state.conversationId && data.conversation_id) {
@@ -248,6 +389,9 @@ function handleEvent(reply, type, data, id) {
         loadConversations().catch(() => {});
       }
       break;
+    case "failover":
+      reply.failover(data);
+      break;
     case "typing":
       reply.setTyping(data.status === "start");
       break;
@@ -255,9 +399,16 @@ function handleEvent(reply, type, data, id) {
       reply.append(data.content);
       break;
     case "flows_extracted":
+      // New flows, and flows the conversation changed ("I booked the flight": done).
       mergeFlows(data.flows || []);
+      applyFlowUpdates(data.updated || []);
+      break;
+    case "title":
+      // A generated title for the conversation, after its first reply.
+      showLiveTitle(data);
       break;
     case "done":
+      reply.setRoute(data.provider, data.model);
       reply.finish(data.finish_reason === "cancelled" ? "cancelled" : "complete");
       if (data.quota) renderQuota(data.quota);
       loadConversations().catch(() => {}); // titles and order may have changed
@@ -273,7 +424,12 @@ function handleEvent(reply, type, data, id) {
 
 // --- Sending: fetch() + sse.js ----------------------------------------------------------------
 
-async function send(text) {
+/** The optional `model` field of a turn: the picker's choice, when it offers one. */
+function modelField() {
+  return !el.modelChoice.hidden && el.modelPicker.value ? { model: el.modelPicker.value } : {};
+}
+
+function send(text) {
   if (state.live) return;
   if (!state.contextId) {
     showNotice("Create or choose a context first.");
@@ -283,11 +439,66 @@ async function send(text) {
   // Server-kept history when the conversation exists; a new one is created from the
   // context with the client-history shape (here just the one user message).
   const body = state.conversationId
-    ? { conversation_id: state.conversationId, message: text }
-    : { context_id: state.contextId, messages: [{ role: "user", content: text }] };
+    ? { conversation_id: state.conversationId, message: text, ...modelField() }
+    : { context_id: state.contextId, messages: [{ role: "user", content: text }], ...modelField() };
+  runTurn({
+    reply: new Reply({ retry: () => send(text) }),
+    userArticle: messageElement({ role: "user", content: text }),
+    start: (signal) => api.startTurn(body, { signal }),
+    onRefused: () => {
+      if (!el.input.value) el.input.value = text; // give the text back
+    },
+  });
+}
 
-  const userArticle = appendMessage({ role: "user", content: text });
-  const reply = new Reply({ retryText: text });
+/**
+ * Regenerate the last reply: a new reply to the same user message. The old one is
+ * superseded on the server; here it is hidden while the request starts, and removed once
+ * the stream's metadata says the turn began (put back if the server refuses).
+ */
+function regenerate(article) {
+  const messageId = article.dataset.messageId;
+  if (state.live || !messageId) return;
+  clearNotice();
+  const reply = new Reply();
+  reply.retry = () => regenerate(reply.article);
+  runTurn({
+    reply,
+    replaced: [article],
+    start: (signal) => api.regenerateMessage(messageId, modelField(), { signal }),
+  });
+}
+
+/** Edit a user message: it and everything after it are superseded by the new text. */
+function edit(article, text) {
+  const messageId = article.dataset.messageId;
+  if (state.live || !messageId) return;
+  clearNotice();
+  const replaced = [article];
+  for (let node = article.nextElementSibling; node; node = node.nextElementSibling) {
+    replaced.push(node);
+  }
+  runTurn({
+    reply: new Reply({ retry: () => send(text) }),
+    userArticle: messageElement({ role: "user", content: text }),
+    replaced,
+    start: (signal) =>
+      api.editMessage(messageId, { content: text, ...modelField() }, { signal }),
+    onRefused: () => openEditor(article, text),
+  });
+}
+
+/**
+ * Run one turn: show the user's message (if the turn stores one) and the reply being
+ * written, start the request with `start(signal)` (a fetch answered with SSE), then read
+ * its events. A refusal before the stream (400, 404, 409, 429, 503) or a network failure
+ * undoes the view: the turn did not happen.
+ */
+async function runTurn({ reply, userArticle = null, replaced = [], start, onRefused = null }) {
+  reply.userArticle = userArticle;
+  reply.replaced = replaced;
+  for (const node of replaced) node.hidden = true;
+  if (userArticle) el.messages.append(userArticle);
   el.messages.append(reply.article);
   scrollToEnd(true);
   state.live = reply;
@@ -296,21 +507,72 @@ async function send(text) {
   reply.controller = new AbortController();
   let response;
   try {
-    response = await api.startTurn(body, { signal: reply.controller.signal });
+    response = await start(reply.controller.signal);
   } catch (err) {
-    // Refused before the stream (400, 404, 409, 429, 503) or the network failed: the turn
-    // did not happen, so take both bubbles away and give the text back.
     const userLeft = reply.detached; // aborted because another conversation was opened
     reply.detach();
     reply.article.remove();
-    userArticle.remove();
+    if (userArticle) userArticle.remove();
+    for (const node of replaced) node.hidden = false;
+    updateControls();
     if (!userLeft) {
-      if (!el.input.value) el.input.value = text;
+      if (onRefused) onRefused();
       showNotice(describeError(err));
     }
     return;
   }
   await readFetchStream(reply, response);
+}
+
+// --- Editing a user message inline ------------------------------------------------------------
+
+/** Replace a user message's text with an editor: "Send" edits, "Cancel" puts it back. */
+function openEditor(article, text = messageTexts.get(article) || "") {
+  if (state.live || article.classList.contains("message--editing")) return;
+  article.classList.add("message--editing");
+  const body = article.querySelector(".message__body");
+  body.hidden = true;
+  const form = h("form", "message__editor");
+  const label = h("label", "visually-hidden", "Edit your message");
+  const input = h("textarea");
+  input.id = `edit-${article.dataset.messageId}`;
+  label.htmlFor = input.id;
+  input.maxLength = 10000;
+  input.rows = 3;
+  input.required = true;
+  input.value = text;
+  const row = h("div", "row");
+  const save = h("button", "button button--small button--primary", "Send");
+  save.type = "submit";
+  const cancel = h("button", "button button--small", "Cancel");
+  cancel.type = "button";
+  row.append(save, cancel);
+  form.append(label, input, row);
+  body.after(form);
+  updateControls();
+  input.focus();
+
+  const close = () => {
+    form.remove();
+    body.hidden = false;
+    article.classList.remove("message--editing");
+    updateControls();
+  };
+  cancel.addEventListener("click", close);
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") close();
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      form.requestSubmit();
+    }
+  });
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const edited = input.value;
+    if (!edited.trim() || state.live) return;
+    close();
+    edit(article, edited);
+  });
 }
 
 /** Read the POST's SSE body; if it ends before `done`/`error`, resume with EventSource. */
@@ -411,7 +673,7 @@ function renderConversations() {
       const button = h("button", "list__item");
       button.type = "button";
       button.dataset.conversationId = conversation.id;
-      button.append(h("span", "list__title", conversation.title || "Untitled conversation"));
+      button.append(h("span", "list__title", conversationTitle(conversation)));
       button.append(h("span", "list__meta", formatDate(conversation.updated_at || conversation.created_at)));
       if (conversation.id === state.conversationId) button.setAttribute("aria-current", "true");
       button.addEventListener("click", () => openConversation(conversation.id));
@@ -419,12 +681,69 @@ function renderConversations() {
       return item;
     }),
   );
-  const current = state.conversations.find((c) => c.id === state.conversationId);
+  renderHeading();
+}
+
+function conversationTitle(conversation) {
+  return state.liveTitles.get(conversation.id) || conversation.title || "Untitled conversation";
+}
+
+/** The open conversation's title, its "Rename" button and its export links. */
+function renderHeading() {
+  const id = state.conversationId;
+  const current = state.conversations.find((c) => c.id === id);
   el.heading.textContent = current
-    ? current.title || "Untitled conversation"
-    : state.conversationId
-      ? "Conversation"
+    ? conversationTitle(current)
+    : id
+      ? state.liveTitles.get(id) || "Conversation"
       : "New conversation";
+  el.rename.hidden = !id || !el.titleForm.hidden;
+  el.heading.hidden = !el.titleForm.hidden;
+  el.exportBox.hidden = !id;
+  if (id) {
+    el.exportMd.href = api.exportUrl(id, "md");
+    el.exportJson.href = api.exportUrl(id, "json");
+  }
+}
+
+/**
+ * A `title` event {conversation_id, title}: the server named the conversation after its
+ * first reply (a title people set by PATCH is never replaced, and then no event comes).
+ */
+function showLiveTitle({ conversation_id: id = state.conversationId, title } = {}) {
+  if (!title || !id) return;
+  // Kept beside the list: a list loaded just before the event still has the old title.
+  state.liveTitles.set(id, title);
+  renderConversations();
+}
+
+function openTitleEditor() {
+  if (!state.conversationId) return;
+  el.titleInput.value = el.heading.textContent;
+  el.titleForm.hidden = false;
+  renderHeading();
+  el.titleInput.focus();
+  el.titleInput.select();
+}
+
+function closeTitleEditor() {
+  el.titleForm.hidden = true;
+  renderHeading();
+}
+
+/** PATCH the title; a title people set is never replaced by a generated one. */
+async function saveTitle() {
+  const id = state.conversationId;
+  const title = el.titleInput.value.trim();
+  if (!id || !title) return;
+  try {
+    const saved = await api.renameConversation(id, title);
+    state.liveTitles.set(id, saved.title);
+    closeTitleEditor();
+    renderConversations();
+  } catch (err) {
+    showNotice(describeError(err));
+  }
 }
 
 function formatDate(iso) {
@@ -456,6 +775,9 @@ async function selectContext(contextId, { conversationId = null } = {}) {
   state.contextId = contextId;
   state.conversationId = null;
   state.flows = [];
+  state.flowEvents.clear();
+  state.openHistories.clear();
+  state.updatedFlows.clear();
   writeLocation();
   renderContexts();
   renderFlows();
@@ -464,18 +786,19 @@ async function selectContext(contextId, { conversationId = null } = {}) {
     await Promise.all([loadConversations(), loadFlows()]);
   } catch (err) {
     showNotice(describeError(err));
-    return;
+    return false;
   }
   if (conversationId && state.conversations.some((c) => c.id === conversationId)) {
-    await openConversation(conversationId);
-  } else {
-    newConversation();
+    return openConversation(conversationId);
   }
+  newConversation();
+  return !conversationId;
 }
 
 function newConversation() {
   if (state.live) state.live.detach();
   state.conversationId = null;
+  el.titleForm.hidden = true;
   writeLocation();
   renderConversations();
   el.messages.replaceChildren();
@@ -489,6 +812,7 @@ function newConversation() {
 async function openConversation(conversationId) {
   if (state.live) state.live.detach();
   clearNotice();
+  el.titleForm.hidden = true;
   state.conversationId = conversationId;
   writeLocation();
   renderConversations();
@@ -497,16 +821,18 @@ async function openConversation(conversationId) {
     messages = await api.listMessages(conversationId);
   } catch (err) {
     showNotice(describeError(err));
-    return;
+    return false;
   }
-  if (state.conversationId !== conversationId) return; // the user moved on meanwhile
+  if (state.conversationId !== conversationId) return false; // the user moved on meanwhile
 
   el.messages.replaceChildren();
   let streaming = null;
   let lastUserText = "";
   for (const message of messages) {
+    if (message.superseded) continue; // the list leaves them out anyway (docs/api.md#regenerate-and-edit)
     if (message.role === "assistant" && message.status === "streaming") {
-      const reply = new Reply({ messageId: message.id, content: message.content, retryText: lastUserText });
+      const text = lastUserText;
+      const reply = new Reply({ messageId: message.id, content: message.content, retry: () => send(text) });
       reply.lastEventId = TEXT_BASE_ID + codePoints(message.content);
       el.messages.append(reply.article);
       streaming = reply;
@@ -516,7 +842,9 @@ async function openConversation(conversationId) {
     if (message.role === "user") lastUserText = message.content;
   }
   scrollToEnd(true);
+  updateControls();
   if (streaming) resume(streaming);
+  return true;
 }
 
 // --- Flows ---------------------------------------------------------------------------------------
@@ -532,15 +860,40 @@ async function loadFlows() {
   renderFlows();
 }
 
-/** Add or update flows (from `flows_extracted`) that belong to the open context. */
+/** Add or update flows (from `flows_extracted` or a PATCH) of the open context. */
 function mergeFlows(flows) {
   for (const flow of flows) {
     if (flow.context_id !== state.contextId) continue;
     const index = state.flows.findIndex((f) => f.id === flow.id);
     if (index === -1) state.flows.push(flow);
     else state.flows[index] = flow;
+    state.flowEvents.delete(flow.id); // its history has a new entry
   }
   renderFlows();
+}
+
+/**
+ * `flows_extracted.updated`: flows the conversation changed, as {id, changes: {field:
+ * new value}, flow} ("I booked the flight" marks it done). A flow of this context that
+ * the page has not loaded yet makes the list reload.
+ */
+function applyFlowUpdates(updates) {
+  if (!updates.length) return;
+  state.updatedFlows.clear();
+  let missing = false;
+  for (const { id, changes, flow: current } of updates) {
+    const index = state.flows.findIndex((f) => f.id === id);
+    if (index === -1) {
+      missing = missing || !current || current.context_id === state.contextId;
+      continue;
+    }
+    // Each item carries the flow as it is now; `changes` alone is enough too.
+    state.flows[index] = current ? current : { ...state.flows[index], ...(changes || {}) };
+    state.updatedFlows.add(id);
+    state.flowEvents.delete(id);
+  }
+  renderFlows();
+  if (missing) loadFlows().catch(() => {});
 }
 
 function renderFlows() {
@@ -558,6 +911,10 @@ function flowElement(flow) {
   const item = h("li", "flow");
   item.dataset.flowId = flow.id;
   item.dataset.status = flow.status;
+  if (state.updatedFlows.has(flow.id)) {
+    item.classList.add("flow--updated");
+    item.dataset.updated = "true";
+  }
   item.append(h("p", "flow__title", flow.title));
   const meta = h("p", "flow__meta");
   meta.append(h("span", `badge badge--${flow.priority}`, `${flow.priority} priority`));
@@ -567,8 +924,9 @@ function flowElement(flow) {
     meta.append(" ", due);
   }
   item.append(meta);
+  const actions = h("div", "row flow__actions");
   if (flow.status === "done") {
-    item.append(h("p", "flow__done", "Done"));
+    actions.append(h("p", "flow__done", "Done"));
   } else {
     const button = h("button", "button button--small", "Mark done");
     button.type = "button";
@@ -582,9 +940,81 @@ function flowElement(flow) {
         showNotice(describeError(err));
       }
     });
-    item.append(button);
+    actions.append(button);
   }
+  const open = state.openHistories.has(flow.id);
+  const toggle = h("button", "button button--small flow__history-toggle", "History");
+  toggle.type = "button";
+  toggle.setAttribute("aria-expanded", String(open));
+  toggle.setAttribute("aria-label", `History of "${flow.title}"`);
+  toggle.addEventListener("click", () => {
+    if (state.openHistories.has(flow.id)) state.openHistories.delete(flow.id);
+    else state.openHistories.add(flow.id);
+    renderFlows();
+  });
+  actions.append(toggle);
+  item.append(actions);
+  if (open) item.append(flowHistoryElement(flow));
   return item;
+}
+
+const FLOW_EVENT_LABELS = {
+  created: "Created",
+  updated: "Changed",
+  done: "Marked done",
+  reopened: "Reopened",
+};
+const ACTOR_LABELS = { user: "by you", extraction: "by the assistant, from the conversation" };
+
+/** A flow's history (GET /flows/{id}/events/), loaded when first shown. */
+function flowHistoryElement(flow) {
+  const list = h("ol", "flow__history");
+  list.setAttribute("aria-label", `History of "${flow.title}"`);
+  const events = state.flowEvents.get(flow.id);
+  if (!events) {
+    list.append(h("li", "hint", "Loading…"));
+    api
+      .listFlowEvents(flow.id)
+      .then((loaded) => {
+        state.flowEvents.set(flow.id, loaded);
+        if (state.openHistories.has(flow.id)) renderFlows();
+      })
+      .catch((err) => list.replaceChildren(h("li", "hint", describeError(err))));
+    return list;
+  }
+  if (!events.length) list.append(h("li", "hint", "No history yet."));
+  for (const event of events) {
+    const item = h("li", "flow-event");
+    item.dataset.kind = event.kind;
+    const what = FLOW_EVENT_LABELS[event.kind] || event.kind;
+    const who = ACTOR_LABELS[event.actor] || (event.actor ? `by ${event.actor}` : "");
+    item.append(h("span", "flow-event__what", `${what} ${who}`.trim()));
+    if (event.created_at) {
+      const when = h("time", "flow-event__when", formatDate(event.created_at));
+      when.dateTime = event.created_at;
+      item.append(" ", when);
+    }
+    const changes = Object.entries(event.changes || {});
+    if (changes.length) {
+      const dl = h("dl", "flow-event__changes");
+      for (const [field, value] of changes) {
+        dl.append(h("dt", null, field), h("dd", null, describeChange(value)));
+      }
+      item.append(dl);
+    }
+    list.append(item);
+  }
+  return list;
+}
+
+/** A change's value for people: plain values as they are, {from, to} pairs as "a → b". */
+function describeChange(value) {
+  if (value && typeof value === "object" && ("to" in value || "new" in value)) {
+    const before = value.from ?? value.old;
+    const after = value.to ?? value.new;
+    return `${before ?? "—"} → ${after ?? "—"}`;
+  }
+  return value === null || value === undefined ? "—" : String(value);
 }
 
 // --- Quota ---------------------------------------------------------------------------------------
@@ -613,6 +1043,152 @@ async function loadQuota() {
   }
 }
 
+// --- Search (docs/api.md#search) --------------------------------------------------------------
+
+/**
+ * A result's snippet as text with its matches in <mark> elements. The snippet is plain
+ * text (untrusted) and `highlights` lists [start, end) ranges of the matches in code
+ * points: every piece goes into a text node.
+ */
+function snippetElement(snippet, highlights = []) {
+  const p = h("p", "search-result__snippet");
+  const chars = Array.from(String(snippet || "")); // code points, as the server counts
+  let at = 0;
+  const ranges = [...highlights].sort((a, b) => a[0] - b[0]);
+  for (const [start, end] of ranges) {
+    if (start < at || end <= start || end > chars.length) continue; // overlapping or out of range
+    if (start > at) p.append(document.createTextNode(chars.slice(at, start).join("")));
+    p.append(h("mark", null, chars.slice(start, end).join("")));
+    at = end;
+  }
+  if (at < chars.length) p.append(document.createTextNode(chars.slice(at).join("")));
+  return p;
+}
+
+async function runSearch() {
+  const query = el.searchInput.value.trim();
+  if (!query) return;
+  const contextId = el.searchHere.checked ? state.contextId : null;
+  el.searchPanel.hidden = false;
+  el.searchStatus.textContent = "Searching…";
+  el.searchResults.replaceChildren();
+  let answer;
+  try {
+    answer = await api.search(query, contextId);
+  } catch (err) {
+    el.searchStatus.textContent = describeError(err);
+    return;
+  }
+  // A page of results ({count, next, previous, results}): the first page is enough here.
+  const results = Array.isArray(answer) ? answer : answer.results || [];
+  const count = answer.count ?? results.length;
+  el.searchStatus.textContent = count
+    ? `${count} result${count === 1 ? "" : "s"} for “${query}”${count > results.length ? ` (the best ${results.length} shown)` : ""}`
+    : `Nothing found for “${query}”.`;
+  el.searchResults.replaceChildren(...results.map(searchResultElement));
+}
+
+const RESULT_KIND_LABELS = { message: "Message", flow: "Flow" };
+
+function searchResultElement(result) {
+  const kind = result.type;
+  const item = h("li");
+  const button = h("button", "list__item search-result");
+  button.type = "button";
+  button.dataset.kind = kind;
+  button.dataset.resultId = result.id;
+  const contextName = state.contexts.find((c) => c.id === result.context_id)?.name;
+  let label = RESULT_KIND_LABELS[kind] || kind;
+  if (kind === "message" && result.role) label += ` · ${ROLE_LABELS[result.role] || result.role}`;
+  if (result.title) label += ` · ${result.title}`;
+  if (contextName) label += ` · ${contextName}`;
+  button.append(h("span", "list__meta", label));
+  button.append(snippetElement(result.snippet ?? "", result.highlights || []));
+  button.addEventListener("click", () => openSearchResult({ ...result, type: kind }));
+  item.append(button);
+  return item;
+}
+
+/** Open what a result points at: the conversation scrolled to the message, or the flow. */
+async function openSearchResult(result) {
+  clearNotice();
+  let contextId = result.context_id;
+  if (result.type === "message") {
+    const conversationId = result.conversation_id;
+    if (!contextId) {
+      try {
+        contextId = (await api.getConversation(conversationId)).context_id;
+      } catch (err) {
+        showNotice(describeError(err));
+        return;
+      }
+    }
+    let opened = true;
+    if (contextId !== state.contextId) {
+      opened = await selectContext(contextId, { conversationId });
+    } else if (conversationId !== state.conversationId || !findMessage(result.id)) {
+      opened = await openConversation(conversationId);
+    }
+    if (!opened) return;
+    const article = findMessage(result.id);
+    if (!article) {
+      showNotice("That message was replaced (edited or regenerated) and is no longer shown.");
+      return;
+    }
+    spotlight(article, el.messages.querySelectorAll(".message--found"), "message--found");
+  } else {
+    if (contextId && contextId !== state.contextId) await selectContext(contextId);
+    const item = el.flowList.querySelector(`[data-flow-id="${CSS.escape(result.id)}"]`);
+    if (item) spotlight(item, el.flowList.querySelectorAll(".flow--found"), "flow--found");
+  }
+}
+
+function findMessage(messageId) {
+  return el.messages.querySelector(`.message[data-message-id="${CSS.escape(messageId)}"]`);
+}
+
+/** Scroll to an element and highlight it (and only it). */
+function spotlight(node, previous, className) {
+  for (const other of previous) other.classList.remove(className);
+  node.classList.add(className);
+  node.tabIndex = -1;
+  node.scrollIntoView({ block: "center" });
+  node.focus({ preventScroll: true });
+}
+
+// --- Models (docs/api.md#models) ---------------------------------------------------------------
+
+/** A model's price for people: input / output per million tokens, when it has one. */
+function describePrice(model) {
+  const price = model.price || model.prices || model;
+  const input = price.input_per_million ?? price.input;
+  const output = price.output_per_million ?? price.output;
+  if (input === undefined || input === null || output === undefined || output === null) return "";
+  const currency = price.currency || "";
+  return ` (${input} / ${output} ${currency} per M tokens in / out)`.replace("  ", " ");
+}
+
+/** The picker offers the allowed models; it is hidden when there is no choice to make. */
+async function loadModels() {
+  let models;
+  try {
+    models = await api.listModels();
+  } catch {
+    return; // no choice offered: the server picks
+  }
+  state.models = models;
+  const options = [h("option", null, "Default")];
+  options[0].value = "";
+  for (const model of models) {
+    const name = model.name || routeName(model.provider, model.model);
+    const option = h("option", null, name + describePrice(model));
+    option.value = name;
+    options.push(option);
+  }
+  el.modelPicker.replaceChildren(...options);
+  el.modelChoice.hidden = models.length < 2;
+}
+
 // --- Wiring ----------------------------------------------------------------------------------------
 
 el.composer.addEventListener("submit", (event) => {
@@ -632,6 +1208,23 @@ el.input.addEventListener("keydown", (event) => {
 });
 
 el.stop.addEventListener("click", stop);
+el.rename.addEventListener("click", openTitleEditor);
+el.titleCancel.addEventListener("click", closeTitleEditor);
+el.titleForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  saveTitle();
+});
+el.titleInput.addEventListener("keydown", (event) => {
+  if (event.key === "Escape") closeTitleEditor();
+});
+el.searchForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  runSearch();
+});
+el.searchClose.addEventListener("click", () => {
+  el.searchPanel.hidden = true;
+  el.searchResults.replaceChildren();
+});
 el.newConversation.addEventListener("click", () => {
   newConversation();
   el.input.focus();
