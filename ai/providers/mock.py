@@ -27,6 +27,9 @@ markers in the text and stay in it):
     raise that error before the first delta; ``<code>`` is one of ``ai_rate_limited``
     (with ``retry_after`` 1 in its data), ``ai_timeout``, ``ai_unavailable``,
     ``ai_error``; anything else raises ``ai_error``.
+``[[mock:fail-model:<model>]]``
+    raise ``ai_unavailable`` before the first delta when this provider serves ``<model>``
+    (a route ``mock:<model>``), so a turn fails over to its next route; other models answer.
 ``[[mock:fail-midway]]``
     yield a few deltas, then raise :class:`ai.errors.AIStreamIncomplete`.
 ``[[mock:slow:<ms>]]``
@@ -64,6 +67,7 @@ from ai.providers.base import (
 # --- test hooks --------------------------------------------------------------------------
 _HOOK_ERROR = re.compile(r"\[\[mock:error:([a-z_]+)\]\]")
 _HOOK_FAIL_MIDWAY = "[[mock:fail-midway]]"
+_HOOK_FAIL_MODEL = re.compile(r"\[\[mock:fail-model:([\w.\-]+)\]\]")
 _HOOK_SLOW = re.compile(r"\[\[mock:slow:(\d{1,6})\]\]")
 _HOOK_ECHO = "[[mock:echo]]"
 _HOOK_LONG = re.compile(r"\[\[mock:long:(\d{1,9})\]\]")
@@ -281,6 +285,8 @@ class MockProvider:
             if error_class is AIRateLimited:
                 raise AIRateLimited(data={"retry_after": 1}, headers={"Retry-After": "1"})
             raise error_class()
+        if any(m.group(1) == self.model for m in _HOOK_FAIL_MODEL.finditer(user_text)):
+            raise AIUnavailable()
         slow = _HOOK_SLOW.search(user_text)
         if slow:
             delay_ms = float(slow.group(1))

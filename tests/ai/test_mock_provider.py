@@ -125,6 +125,15 @@ async def test_rate_limit_hook_carries_retry_after():
     assert result.error is not None and result.error.data == {"retry_after": 1}
 
 
+async def test_fail_model_hook_fails_only_the_named_model():
+    text = "hello [[mock:fail-model:mock-1]]"
+    failed = await collect(MockProvider(model="mock-1", token_delay_ms=0), user(text))
+    assert type(failed.error) is AIUnavailable
+    assert failed.deltas == []
+    answered = await collect(MockProvider(model="mock-2", token_delay_ms=0), user(text))
+    assert answered.error is None and answered.deltas and answered.end is not None
+
+
 async def test_fail_midway_hook_cuts_the_stream():
     result = await collect(
         MockProvider(token_delay_ms=0), user("tell me more [[mock:fail-midway]]")

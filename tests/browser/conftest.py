@@ -35,6 +35,7 @@ CHROMIUM_ARGS = [
 ]
 #: Slow enough that a reply visibly types itself (and can be stopped or reloaded).
 MOCK_TOKEN_DELAY_MS = "40"
+BROWSER_ROUTES = "mock:mock-1,mock:mock-2"
 PASSWORD = "pw-alice"  # factories.make_user: pw-<username>
 
 
@@ -78,6 +79,10 @@ def browser_server_factory(
             "DJANGO_SETTINGS_MODULE": "tests.browser.settings",
             "WEB_TEST_STATIC_ROOT": str(static_root),
             "MOCK_TOKEN_DELAY_MS": MOCK_TOKEN_DELAY_MS,
+            # Two mock routes: the page's model picker has a choice, and a reply can fail
+            # over from the first to the second ([[mock:fail-model:mock-1]]).
+            "AI_ROUTES": BROWSER_ROUTES,
+            "AI_ALLOWED_MODELS": BROWSER_ROUTES,
             # Keep Django's async-safety guard on in the server (see `browser`).
             "DJANGO_ALLOW_ASYNC_UNSAFE": "",
         }

@@ -125,7 +125,7 @@ export const listMessages = (conversationId) =>
 export const exportUrl = (conversationId, format) =>
   `${API_ROOT}/conversations/${q(conversationId)}/export?format=${q(format)}`;
 
-// --- Search and models (docs/api.md#search, docs/api.md#models) ---------------------------
+// --- Search and models (docs/api.md#search, docs/api.md#routing) --------------------------
 /** Messages and flows matching `query`, best first; `contextId` narrows to one context. */
 export const search = (query, contextId) =>
   getJSON(`/search/?q=${q(query)}${contextId ? `&context_id=${q(contextId)}` : ""}`);

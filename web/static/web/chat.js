@@ -365,7 +365,11 @@ function handleEvent(reply, type, data, id) {
   if (reply.detached || reply.finished) return;
   const eventId = Number(id);
   if (id !== "" && Number.isInteger(eventId)) {
-    if (eventId <= reply.lastEventId) return;
+    // A `failover` shares the id of the position it happens at (`typing` start's, before
+    // any text: docs/api.md#event-ids), so it is skipped only when it is behind us.
+    if (eventId < reply.lastEventId || (eventId === reply.lastEventId && type !== "failover")) {
+      return;
+    }
     reply.lastEventId = eventId;
   }
   switch (type) {
@@ -1156,19 +1160,20 @@ function spotlight(node, previous, className) {
   node.focus({ preventScroll: true });
 }
 
-// --- Models (docs/api.md#models) ---------------------------------------------------------------
+// --- Models (docs/api.md#routing) ---------------------------------------------------------------
 
 /** A model's price for people: input / output per million tokens, when it has one. */
-function describePrice(model) {
-  const price = model.price || model.prices || model;
-  const input = price.input_per_million ?? price.input;
-  const output = price.output_per_million ?? price.output;
-  if (input === undefined || input === null || output === undefined || output === null) return "";
-  const currency = price.currency || "";
-  return ` (${input} / ${output} ${currency} per M tokens in / out)`.replace("  ", " ");
+function describePrice(price) {
+  if (!price) return "";
+  const currency = price.currency ? ` ${price.currency}` : "";
+  return ` (${price.input_per_mtok} in / ${price.output_per_mtok} out${currency} per M tokens)`;
 }
 
-/** The picker offers the allowed models; it is hidden when there is no choice to make. */
+/**
+ * The picker offers the allowed models (GET /models/: {id: "provider:model", provider,
+ * model, default, price}); it is hidden when there is no choice to make. The default
+ * route is preselected, and a turn names a model only when another one is picked.
+ */
 async function loadModels() {
   let models;
   try {
@@ -1177,12 +1182,17 @@ async function loadModels() {
     return; // no choice offered: the server picks
   }
   state.models = models;
-  const options = [h("option", null, "Default")];
-  options[0].value = "";
+  const options = [];
+  if (!models.some((model) => model.default)) {
+    const option = h("option", null, "Default");
+    option.value = "";
+    options.push(option);
+  }
   for (const model of models) {
-    const name = model.name || routeName(model.provider, model.model);
-    const option = h("option", null, name + describePrice(model));
-    option.value = name;
+    const option = h("option", null, model.id + describePrice(model.price));
+    option.value = model.default ? "" : model.id;
+    option.selected = Boolean(model.default);
+    option.dataset.route = model.id;
     options.push(option);
   }
   el.modelPicker.replaceChildren(...options);
@@ -1251,6 +1261,7 @@ window.addEventListener("pagehide", () => {
 async function start() {
   const wanted = readLocation();
   loadQuota();
+  loadModels();
   try {
     await loadContexts();
   } catch (err) {
