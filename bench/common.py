@@ -95,6 +95,11 @@ class Server:
 
     def start(self, logdir: Path, timeout: float = 40.0) -> Server:
         """Start it, its output in ``logdir/<name>.log``; return once ``health`` is 200."""
+        return self.launch(logdir).wait_ready(timeout)
+
+    def launch(self, logdir: Path) -> Server:
+        """Start the process and return at once (several start side by side; then
+        :meth:`wait_ready` each)."""
         self.log_path = logdir / f"{self.name}.log"
         cores = self.cores
         with self.log_path.open("wb") as log:
@@ -108,6 +113,11 @@ class Server:
                 preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,
             )
         self.ps = psutil.Process(self.process.pid)
+        return self
+
+    def wait_ready(self, timeout: float = 40.0) -> Server:
+        """Return once ``health`` answers 200 (stopped and an error after ``timeout``)."""
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -56,6 +56,7 @@ from bench.common import (  # noqa: E402
     Server,
     clean_env,
     configure_upstream,
+    daphne_cmd,
     error_text,
     fmt,
     free_port,
@@ -66,7 +67,6 @@ from bench.common import (  # noqa: E402
     recreate_postgres_database,
     setup_product,
     sqlite_url,
-    start_product,
     start_upstream,
     stop_all,
     upstream_base_url,
@@ -549,19 +549,23 @@ def start_servers(
     upstream_url = upstream_base_url(servers["upstream"])
     ref_env = {**base_env, "BENCH_UPSTREAM": upstream_url}
     try:
+        # The references start while the product is set up (migrate, ...), side by side.
         for name in REFERENCES:
             kind, _, client = name.partition("-")
             port = free_port()
             cmd = [PY, "bench/references.py", kind, "--port", str(port)]
             cmd += ["--client", client or "httpx"]
-            servers[name] = Server(name, cmd, ref_env, port, cores=measured).start(tmp)
+            servers[name] = Server(name, cmd, ref_env, port, cores=measured).launch(tmp)
         database_url = recreate_postgres_database("bench") if args.postgres else sqlite_url(tmp)
         env = product_env(base_env, upstream_url, database_url, REDIS_URL if args.redis else None)
         key, context_id = setup_product(env)
         for name, extraction in (("product", True), ("product-noextract", False)):
-            servers[name] = start_product(
-                tmp, env, name=name, extraction=extraction, cores=measured
-            )
+            port = free_port()
+            extra = {"FLOWS_EXTRACTION_ENABLED": "true" if extraction else "false"}
+            server = Server(name, daphne_cmd(port), {**env, **extra}, port, cores=measured)
+            servers[name] = server.launch(tmp)
+        for server in servers.values():
+            server.wait_ready(timeout=120)
     except BaseException:
         stop_all(list(servers.values()))
         raise

@@ -38,6 +38,7 @@ import argparse
 import contextlib
 import ctypes
 import glob
+import json
 import os
 import shutil
 import signal
@@ -51,6 +52,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import httpx
 import psycopg
@@ -261,7 +263,8 @@ class NetnsCluster:
         try:
             self._network()
             self._start_data_host(pg_bin, timeout)
-            self.manage("migrate", "--noinput", "-v", "0")
+            # The daphnes start (imports, checks) while the schema is made; their first
+            # request, which starts their background work, comes after it.
             for index, host in enumerate(self.apps, start=1):
                 self._start(
                     host,
@@ -270,6 +273,7 @@ class NetnsCluster:
                      str(APP_PORT), "--proxy-headers", "chatproject.asgi:application"],
                     env=self._env(),
                 )  # fmt: skip
+            self.manage("migrate", "--noinput", "-v", "0")
             for index in range(1, self.app_hosts + 1):
                 self._wait_http(f"{self.app_url(index)}/healthz", f"app{index}", timeout)
             self._start_nginx(nginx)
@@ -481,6 +485,14 @@ class NetnsCluster:
         out = run(["ip", "netns", "exec", self.hosts[host].namespace, "ss", "-Htn", "state",
                    "established", "dst", f"{peer}:{port}"], check=False)  # fmt: skip
         return len([line for line in out.splitlines() if line.strip()])
+
+    def access_log(self) -> list[dict[str, Any]]:
+        """nginx's access log (deploy/chat/http.conf's JSON lines; written when a request ends)."""
+        assert self.folder is not None
+        path = self.folder / "nginx" / "access.log"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def reload_nginx(self) -> None:
         """SIGHUP: new nginx workers; the old ones close their idle upstream connections."""

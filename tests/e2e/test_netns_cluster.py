@@ -184,6 +184,11 @@ def test_an_app_host_cut_off_mid_reply(hosts, alice):
             done = message_row(hosts, result.last().data["message_id"])
             assert done["status"] == "complete"
             assert worker_pid(done["worker"]) == hosts.daphne(2).pid
+        # At least one went to the cut host first: nginx's connection attempt timed out
+        # (proxy_connect_timeout) and it sent the turn on to app2.
+        app1, app2 = f"{app_address(1)}:8000", f"{app_address(2)}:8000"
+        posts = [e for e in hosts.access_log() if e["uri"] == "/api/v1/conversations/stream"]
+        assert any(e["upstream_addr"] == f"{app1}, {app2}" for e in posts), posts
         # app2's sweeper marks the cut host's reply interrupted, keeping what was stored.
         assert wait_for(lambda: message_row(hosts, message_id)["status"] == "interrupted", 40), (
             f"still {message_row(hosts, message_id)['status']}"
