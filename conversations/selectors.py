@@ -42,9 +42,14 @@ def conversation_get(*, user: AbstractBaseUser, conversation_id: object) -> Conv
     return conversation
 
 
-def message_list(*, conversation: Conversation) -> QuerySet[Message]:
-    """Messages oldest first."""
-    return conversation.messages.order_by("created_at", "id")
+def message_list(
+    *, conversation: Conversation, include_superseded: bool = False
+) -> QuerySet[Message]:
+    """Messages oldest first; superseded ones only with ``include_superseded``."""
+    qs = conversation.messages.all()
+    if not include_superseded:
+        qs = qs.filter(superseded=False)
+    return qs.order_by("created_at", "id")
 
 
 def message_get(*, user: AbstractBaseUser, message_id: object) -> Message:

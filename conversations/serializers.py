@@ -66,6 +66,7 @@ class MessageSerializer(serializers.ModelSerializer):
             "usage",
             "provider",
             "model",
+            "superseded",
             "created_at",
         ]
         read_only_fields = fields
@@ -99,8 +100,37 @@ def message_to_dict(message: Message) -> dict[str, Any]:
         "usage": message_usage(message),
         "provider": message.provider,
         "model": message.model,
+        "superseded": message.superseded,
         "created_at": message.created_at.isoformat().replace("+00:00", "Z"),
     }
+
+
+class SearchHitSerializer(serializers.Serializer):
+    """One search result (docs/api.md#search)."""
+
+    type = serializers.ChoiceField(choices=["message", "flow"])
+    id = serializers.UUIDField()
+    context_id = serializers.UUIDField()
+    conversation_id = serializers.UUIDField(allow_null=True)
+    title = serializers.CharField(
+        help_text="The conversation's title for a message; the flow's title for a flow."
+    )
+    role = serializers.ChoiceField(
+        choices=Message.Role.choices,
+        allow_null=True,
+        help_text="A message's role; null for a flow.",
+    )
+    snippet = serializers.CharField(
+        help_text="Plain text around the matches (never markup); may start or end with '…'."
+    )
+    highlights = serializers.ListField(
+        child=serializers.ListField(
+            child=serializers.IntegerField(min_value=0), min_length=2, max_length=2
+        ),
+        help_text="[start, end) of each match in snippet, in Unicode code points.",
+    )
+    rank = serializers.FloatField(help_text="Relevance: higher is better (results come sorted).")
+    created_at = serializers.DateTimeField()
 
 
 class ChatMessageInputSerializer(serializers.Serializer):

@@ -17,6 +17,12 @@ urlpatterns = [
         apis.ConversationMessagesApi.as_view(),
         name="conversation-messages",
     ),
+    path(
+        "conversations/<uuid:pk>/export",
+        apis.ConversationExportApi.as_view(),
+        name="conversation-export",
+    ),
+    path("search/", apis.SearchApi.as_view(), name="search"),
     path("messages/<uuid:pk>/", apis.MessageDetailApi.as_view(), name="message-detail"),
     path("messages/<uuid:pk>/stream", stream_views.message_stream, name="message-stream"),
     path("messages/<uuid:pk>/cancel", stream_views.message_cancel, name="message-cancel"),

@@ -43,3 +43,30 @@ def choice_query_param(request: Request, name: str, choices: list[str]) -> str |
     if raw not in choices:
         raise InvalidRequest({name: [f"Must be one of: {', '.join(choices)}."]})
     return raw
+
+
+def bool_query_param(request: Request, name: str, default: bool = False) -> bool:
+    """A ``true``/``false`` flag from the query string (also ``1``/``0``); absent or empty
+    is ``default``; anything else is 400 naming the parameter."""
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        return default
+    value = raw.strip().lower()
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0"):
+        return False
+    raise InvalidRequest({name: ["Must be true or false."]})
+
+
+def text_query_param(request: Request, name: str, *, max_length: int) -> str:
+    """A required text parameter: 400 naming it when missing, blank, longer than
+    ``max_length`` characters or holding a NUL (which PostgreSQL cannot take)."""
+    raw = request.query_params.get(name)
+    if raw is None or not raw.strip():
+        raise InvalidRequest({name: ["This parameter is required and must not be blank."]})
+    if len(raw) > max_length:
+        raise InvalidRequest({name: [f"Must be at most {max_length} characters."]})
+    if "\x00" in raw:
+        raise InvalidRequest({name: ["Null characters are not allowed."]})
+    return raw.strip()
