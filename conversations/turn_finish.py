@@ -4,6 +4,7 @@ settle the quota reservation, only if the reply is still streaming (docs/api.md#
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +20,8 @@ from ai.services import usage_record_build, usage_records_create
 from conversations.models import Context, Conversation, Message
 from conversations.turn_start import PreparedTurn
 from core import sql
-from flows.extraction import FlowDraft
-from flows.models import Flow
-from flows.services import flows_store
+from flows.extraction import FlowDraft, FlowUpdate
+from flows.services import AppliedFlows, flows_apply_extraction
 
 logger = logging.getLogger("conversations.turn")
 
@@ -78,15 +78,18 @@ def turn_finish(
     drafts: list[FlowDraft],
     extraction_usage: Usage | None,
     extraction_error: str = "",
-) -> tuple[list[Flow], dict[str, Any]]:
+    updates: Sequence[FlowUpdate] = (),
+) -> tuple[AppliedFlows, dict[str, Any]]:
     """The turn's last write, in one transaction: the reply's final text, status and usage,
-    the extracted flows, the quota settled, and the usage ledger.
+    the extracted flows and the changes to the context's flows (each with its event, source
+    the reply: docs/api.md#flow-history), the quota settled, and the usage ledger.
 
     A request is consumed by a reply that delivered output (see
     :func:`reply_requests_charged`); tokens for the reply and extraction (see
     :func:`reply_tokens_charged`), in the quota's current period even if the reservation
     was taken in an earlier one. The ledger says what was really charged: nothing when the
-    reservation was closed already. Returns the stored flows and the quota afterwards.
+    reservation was closed already. Returns the stored and changed flows and the quota
+    afterwards.
 
     The reply is finished only if it is still ``streaming``: one the stale-reply sweeper
     marked ``interrupted`` meanwhile (its heartbeat stalled) keeps that verdict, and one
@@ -127,18 +130,19 @@ def turn_finish(
             {"id": message.pk, "status": Message.Status.STREAMING},
         )
         if not finished:
-            return [], _turn_lost(
+            return AppliedFlows(), _turn_lost(
                 turn=turn,
                 outcome=outcome,
                 extraction_usage=extraction_usage,
                 extraction_error=extraction_error,
             )
-        flows = flows_store(
+        flows = flows_apply_extraction(
             user_id=message.user_id,
             context_id=turn.context_id,
             conversation_id=message.conversation_id,
             source_message_id=message.id,
             drafts=drafts,
+            updates=updates,
         )
         extraction = _extraction_used(extraction_usage, extraction_error)
         tokens = reply_tokens_charged(outcome) + (extraction.total if extraction else 0)

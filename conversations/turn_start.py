@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
@@ -25,7 +25,8 @@ from conversations.models import Context, Conversation, Message
 from conversations.selectors import history_for_model
 from core import sql
 from core.errors import Conflict, InvalidRequest, NotFound, ServiceError
-from flows.extraction import extraction_reservation_tokens
+from flows.extraction import ListedFlow, extraction_reservation_tokens
+from flows.selectors import flows_listed_for_extraction
 
 
 @dataclass(slots=True)
@@ -49,6 +50,9 @@ class PreparedTurn:
     #: The routes the reply may be served by, in order (docs/api.md#routing); ``None``:
     #: only the ``provider`` the turn was prepared with.
     routes: TurnRoutes | None = None
+    #: The context's flows the extraction is shown (read with the turn's start, so the
+    #: reservation covers them): docs/api.md#flow-extraction.
+    flows: list[ListedFlow] = field(default_factory=list)
 
 
 #: The context's fields a turn reads (the system prompt, the metadata event).
@@ -112,17 +116,19 @@ def turn_reservation(
     model: str,
     at: datetime,
     also_priced: Sequence[tuple[str, str]] = (),
+    flows: Sequence[ListedFlow] = (),
 ) -> tuple[int, Decimal]:
     """Tokens and cost a turn reserves before any call is made (docs/api.md#quota).
 
     Tokens: the prompt the model will see plus the longest reply and, when flow extraction
-    is on, the most the extraction call after the reply may spend
-    (:func:`extraction_reservation_tokens`). Cost, the worst case at the model's price
-    valid at ``at`` (0 for an unpriced model): the prompt at the dearer of the input and
-    cache-write rates, and the rest at the dearest rate of all (the output rate for known
-    models), so the real cost never passes it while the provider keeps to the estimate.
-    With ``also_priced`` (the failover routes and the system route), each rate is the
-    dearest of all those models' (docs/api.md#routing): a failover never passes the hold.
+    is on, the most the extraction call after the reply may spend, the context's listed
+    ``flows`` included (:func:`extraction_reservation_tokens`). Cost, the worst case at the
+    model's price valid at ``at`` (0 for an unpriced model): the prompt at the dearer of
+    the input and cache-write rates, and the rest at the dearest rate of all (the output
+    rate for known models), so the real cost never passes it while the provider keeps to
+    the estimate. With ``also_priced`` (the failover routes and the system route), each
+    rate is the dearest of all those models' (docs/api.md#routing): a failover never
+    passes the hold.
     """
     prompt = model_prompt_tokens(system, history)
     tokens = prompt + settings.AI_MAX_OUTPUT_TOKENS
@@ -132,6 +138,7 @@ def turn_reservation(
             context_name=context_name,
             today=at.date(),
             reply_max_tokens=settings.AI_MAX_OUTPUT_TOKENS,
+            flows=flows,
         )
     prices = [
         price
@@ -156,9 +163,11 @@ def turn_prepare(*, user: AbstractBaseUser, request: TurnRequest) -> PreparedTur
     the user message is stored, the assistant message is stored as ``streaming`` and quota
     is reserved for the prompt the model will see (the context's system prompt, built here
     once, and the last ``CHAT_HISTORY_LIMIT`` messages), all or nothing. The quota row is
-    locked first, so one user's concurrent turns are serialized here. Nine to eleven
-    statements, BEGIN and COMMIT included, in plain SQL (:mod:`core.sql`: the ORM's
-    query building cost more CPU than the statements themselves); with
+    locked first, so one user's concurrent turns are serialized here. With flow extraction
+    on, the context's flows the extraction will see are read too (one statement, through
+    the ORM). Nine to twelve statements, BEGIN and COMMIT included, the others in plain SQL
+    (:mod:`core.sql`: the ORM's query building cost more CPU than the statements
+    themselves); with
     :func:`turn_finish`, most of a turn's fixed cost.
     """
     content = request.content
@@ -214,6 +223,11 @@ def turn_prepare(*, user: AbstractBaseUser, request: TurnRequest) -> PreparedTur
         )
         sql.insert([user_message, assistant_message])  # one INSERT
         system = system_prompt_for(context_name=context.name, instructions=context.instructions)
+        flows = (
+            flows_listed_for_extraction(context_id=context.id, now=now)
+            if settings.FLOWS_EXTRACTION_ENABLED
+            else []
+        )
         tokens, cost = turn_reservation(
             system,
             history,
@@ -222,6 +236,7 @@ def turn_prepare(*, user: AbstractBaseUser, request: TurnRequest) -> PreparedTur
             model=request.model,
             at=now,
             also_priced=request.also_priced,
+            flows=flows,
         )
         reservation = quota_reserve_locked(
             quota=quota,
@@ -244,4 +259,5 @@ def turn_prepare(*, user: AbstractBaseUser, request: TurnRequest) -> PreparedTur
             reserved=(reservation.tokens, reservation.period_started_at, reservation.cost),
             history=history,
             quota=quota_as_dict(quota),
+            flows=flows,
         )

@@ -9,8 +9,8 @@ from rest_framework import generics, serializers
 
 from core.http import choice_query_param, uuid_query_param
 from flows import selectors, services
-from flows.models import Flow
-from flows.serializers import FlowSerializer
+from flows.models import Flow, FlowEvent
+from flows.serializers import FlowEventSerializer, FlowSerializer
 
 _STATUS = OpenApiParameter("status", str, enum=Flow.Status.values)
 _PRIORITY = OpenApiParameter("priority", str, enum=Flow.Priority.values)
@@ -44,3 +44,12 @@ class FlowDetailApi(generics.RetrieveUpdateDestroyAPIView):
 
     def perform_destroy(self, instance: Flow) -> None:
         services.flow_delete(flow=instance)
+
+
+class FlowEventListApi(generics.ListAPIView):
+    """A flow's history, oldest first (``GET /api/v1/flows/{id}/events/``)."""
+
+    serializer_class = FlowEventSerializer
+
+    def get_queryset(self) -> QuerySet[FlowEvent]:
+        return selectors.flow_events(user=self.request.user, flow_id=self.kwargs["pk"])

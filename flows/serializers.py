@@ -7,7 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from core.fields import StrictCharField
-from flows.models import Flow
+from flows.models import Flow, FlowEvent
 
 
 class FlowSerializer(serializers.ModelSerializer):
@@ -59,3 +59,22 @@ def flow_to_dict(flow: Flow) -> dict[str, Any]:
         "created_at": flow.created_at.isoformat().replace("+00:00", "Z"),
         "updated_at": flow.updated_at.isoformat().replace("+00:00", "Z"),
     }
+
+
+class FlowEventSerializer(serializers.ModelSerializer):
+    """One entry of a flow's history (docs/api.md#flow-history)."""
+
+    flow_id = serializers.UUIDField(read_only=True)
+    source_message_id = serializers.UUIDField(read_only=True, allow_null=True)
+    changes = serializers.JSONField(read_only=True)
+
+    class Meta:
+        model = FlowEvent
+        fields = ["id", "flow_id", "kind", "actor", "source_message_id", "changes", "created_at"]
+        read_only_fields = fields
+
+
+def flow_update_to_dict(flow: Flow, changes: dict[str, Any]) -> dict[str, Any]:
+    """One item of ``flows_extracted``'s ``updated``: the flow's id, what changed (field:
+    new value) and the flow as it is now."""
+    return {"id": str(flow.id), "changes": changes, "flow": flow_to_dict(flow)}

@@ -292,7 +292,7 @@ class AnthropicProvider:
                 "tools": [
                     {
                         "name": tool_name,
-                        "description": "Record the tasks found in the transcript.",
+                        "description": "Record the new tasks and the changes to listed tasks.",
                         "input_schema": schema,
                     }
                 ],

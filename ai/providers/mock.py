@@ -20,6 +20,15 @@ high priority, "no rush", "low priority", "whenever" low, else medium; "today",
 relative to the date the system prompt gives ("Today's date is YYYY-MM-DD"; no date
 there: no due dates). The same rules pick the tasks the chat reply acknowledges.
 
+Changes to the listed flows (the ``<flows>`` block before the transcript, one JSON object
+per line; see ``flows.extraction.render_flows``) come from the LAST user message only:
+"I booked ...", "I did ...", "I've done ...", "I finished ...", "I completed ...", "done
+with ...", "... is done" mark the matching open flow done; "move / push / postpone /
+reschedule ... to <weekday>" ("to Friday", "to next Friday", also "to tomorrow", "to
+next week") gives the matching open flow the next such date after today. A flow matches
+when it shares the most words (stop words left out, "booked"/"booking" read as "book")
+with the words after the phrase; a tie or no shared word changes nothing.
+
 Test and demo hooks (only this provider, only in the LAST user message; they are
 markers in the text and stay in it):
 
@@ -134,6 +143,29 @@ _NOISE = re.compile(
 )
 _MAX_TASKS = 10
 
+# --- rule-based changes to listed flows ----------------------------------------------------
+_FLOWS_BLOCK = re.compile(r"<flows>\n(.*?)\n</flows>", re.DOTALL)
+_DONE = re.compile(
+    r"\b(?:i(?:'ve|\s+have)?\s+(?:already\s+|just\s+)?(?:(did|done|finished|completed)|"
+    r"(booked|called|paid|sent|bought|wrote|fixed|renewed|emailed|answered|submitted))\b|"
+    r"(?:i'm\s+|i\s+am\s+)?done\s+with\b)([^.!?;\n]*)",
+    re.IGNORECASE,
+)
+_IS_DONE = re.compile(r"([^.!?;\n]*?)\s+(?:is|are)\s+(?:done|finished|booked)\b", re.I)
+_MOVE = re.compile(
+    r"\b(?:move|push|postpone|reschedule|shift)\s+([^.!?;\n]+?)\s+to\s+"
+    r"(?:(?:on|this)\s+)?(today|tomorrow|next week|(?:next\s+)?(?:" + "|".join(_WEEKDAYS) + r"))\b",
+    re.IGNORECASE,
+)
+_STOP_WORDS = frozenset(
+    re.findall(
+        r"\S+",
+        "a an the my our your his her their this that these those it to with for of on in at "
+        "and or all already just also",
+    )
+)
+_WORD = re.compile(r"[a-z0-9']+")
+
 
 @dataclass(frozen=True, slots=True)
 class FoundTask:
@@ -205,6 +237,69 @@ def find_tasks(text: str, today: dt.date | None = None) -> list[FoundTask]:
             if len(tasks) >= _MAX_TASKS:
                 return tasks
     return tasks
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ing", "ed", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def _words(text: str) -> set[str]:
+    return {_stem(w) for w in _WORD.findall(text.casefold()) if w not in _STOP_WORDS}
+
+
+def _matching_flow(phrase: str, flows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The open flow sharing the most words with ``phrase`` (none on a tie or no overlap)."""
+    wanted = _words(phrase)
+    scored = sorted(
+        ((len(wanted & _words(str(f.get("title", "")))), i) for i, f in enumerate(flows)),
+        reverse=True,
+    )
+    if not scored or scored[0][0] == 0 or (len(scored) > 1 and scored[1][0] == scored[0][0]):
+        return None
+    return flows[scored[0][1]]
+
+
+def _listed_flows(transcript: str) -> list[dict[str, Any]]:
+    """The open flows of the transcript's ``<flows>`` block (none without one)."""
+    block = _FLOWS_BLOCK.search(transcript.split("<transcript>", 1)[0])
+    flows: list[dict[str, Any]] = []
+    for line in block.group(1).splitlines() if block else []:
+        try:
+            flow = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(flow, dict) and flow.get("status", "open") == "open" and flow.get("id"):
+            flows.append(flow)
+    return flows
+
+
+def find_updates(
+    text: str, flows: list[dict[str, Any]], today: dt.date | None = None
+) -> list[dict[str, Any]]:
+    """Changes ``text`` makes to the listed open ``flows``, by the rules in the module
+    docstring: ``[{"id", "changes": {...}}]`` with every field of the schema (``None`` for
+    what does not change)."""
+    changes: dict[str, dict[str, Any]] = {}
+
+    def change(phrase: str, **values: Any) -> None:
+        flow = _matching_flow(phrase, flows)
+        if flow is not None:
+            changes.setdefault(str(flow["id"]), {}).update(values)
+
+    for match in _DONE.finditer(text):
+        change((match.group(2) or "") + " " + match.group(3), status="done")
+    for match in _IS_DONE.finditer(text):
+        change(match.group(1), status="done")
+    for match in _MOVE.finditer(text):
+        when = match.group(2)
+        due = _due(f"on {when}" if when.lower() in _WEEKDAYS else when, today)
+        if due is not None:
+            change(match.group(1), due_date=due.isoformat())
+    empty = {"status": None, "title": None, "priority": None, "due_date": None}
+    return [{"id": fid, "changes": {**empty, **values}} for fid, values in changes.items()]
 
 
 def _today_from(system: str) -> dt.date | None:
@@ -332,7 +427,8 @@ class MockProvider:
         schema: dict[str, Any],
         schema_name: str,
     ) -> StructuredResult:
-        """Rule-based extraction from the transcript's user messages (``{"flows": [...]}``)."""
+        """Rule-based extraction from the transcript's user messages and its listed flows
+        (``{"flows": [...], "updated": [...]}``)."""
         if _HOOK_EXTRACT_FAIL in transcript:
             raise AIUnavailable()
         await asyncio.sleep(0)
@@ -353,7 +449,10 @@ class MockProvider:
                         "due_date": task.due_date.isoformat() if task.due_date else None,
                     }
                 )
-        payload = {"flows": flows}
+        listed = _listed_flows(transcript)
+        last_user = user_texts[-1] if user_texts else ""
+        updated = find_updates(last_user, listed, today) if listed else []
+        payload = {"flows": flows, "updated": updated}
         return StructuredResult(
             payload=payload,
             usage=Usage(

@@ -190,10 +190,12 @@ def trailing_events(
     quota: dict[str, Any],
     provider: str = "",
     model: str = "",
+    updated: list[dict[str, Any]] | None = None,
 ) -> list[Trailing]:
     """The events after ``typing`` stop, by how the reply ended (live and replayed alike).
 
-    complete: ``flows_extracted`` then ``done``; cancelled: ``done``; otherwise ``error``.
+    complete: ``flows_extracted`` (the new ``flows`` and the ``updated`` ones:
+    docs/api.md#flow-extraction) then ``done``; cancelled: ``done``; otherwise ``error``.
     ``done`` names the ``provider`` and ``model`` that wrote the reply
     (docs/api.md#routing).
     """
@@ -207,7 +209,8 @@ def trailing_events(
             "provider": provider,
             "model": model,
         }
-        return [("flows_extracted", {"flows": flows}), ("done", done)]
+        extracted = {"flows": flows, "updated": updated or []}
+        return [("flows_extracted", extracted), ("done", done)]
     if status == Message.Status.CANCELLED:
         done = {
             "message_id": message_id,

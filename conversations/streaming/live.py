@@ -17,7 +17,7 @@ import socket
 import uuid
 import weakref
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -48,6 +48,8 @@ class TurnResult:
     outcome: ReplyOutcome
     flows: list[dict[str, Any]]
     quota: dict[str, Any]
+    #: ``flows_extracted``'s ``updated``: the flows the turn's extraction changed.
+    updated: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Generation:

@@ -29,7 +29,7 @@ from conversations.streaming.events import (
 from conversations.streaming.live import WORKER_ID
 from conversations.streaming.remote import RelayLost, follow_remote, relay_enabled
 from core.db import db_run
-from flows.selectors import flows_of_message
+from flows.selectors import flow_updates_of_message, flows_of_message
 from flows.serializers import flow_to_dict
 
 POLL_SECONDS = 0.25
@@ -79,8 +79,9 @@ def stored_trailing(message: Message) -> list[Trailing]:
     """The trailing events of a finished reply, as its generation sent them."""
     if message.status == Message.Status.COMPLETE:
         flows = [flow_to_dict(flow) for flow in flows_of_message(message_id=message.id)]
+        updated = flow_updates_of_message(message_id=message.id)
     else:
-        flows = []
+        flows, updated = [], []
     return [
         TYPING_STOP,
         *trailing_events(
@@ -94,6 +95,7 @@ def stored_trailing(message: Message) -> list[Trailing]:
             quota=quota_snapshot(user=message.user),
             provider=message.provider,
             model=message.model,
+            updated=updated,
         ),
     ]
 

@@ -47,8 +47,8 @@ from conversations.turn_start import PreparedTurn, TurnRequest, turn_prepare
 from core import metrics
 from core.db import db_run
 from core.errors import InvalidRequest, ServiceError
-from flows.extraction import flows_extract
-from flows.serializers import flow_to_dict
+from flows.extraction import ExtractedFlows, flows_extract
+from flows.serializers import flow_to_dict, flow_update_to_dict
 
 logger = logging.getLogger("conversations.turn")
 
@@ -228,9 +228,10 @@ async def _wait_reader(reader: asyncio.Task[StreamEnd], outcome: ReplyOutcome, l
 
 async def _store(
     turn: PreparedTurn, provider: Provider, outcome: ReplyOutcome, log: dict
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Extract flows, then store the reply and the flows and settle the quota in one
-    transaction; the stored flows and the quota afterwards. ``outcome`` ends as stored (a
+) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
+    """Extract flows, then store the reply, the new flows and the changes to the context's
+    flows and settle the quota in one transaction; the stored flows, the quota afterwards
+    and the changed flows (``flows_extracted``'s ``updated``). ``outcome`` ends as stored (a
     reply the sweeper interrupted meanwhile stays ``interrupted``: see ``turn_finish``).
 
     A failure here turns the outcome into ``failed`` / ``internal_error`` and releases the
@@ -240,14 +241,15 @@ async def _store(
     try:
         extractor = _system_provider(provider)
         outcome.extraction_route = (extractor.name, extractor.model)
-        drafts, extraction_usage, extraction_error = await _extract(
+        extracted, extraction_usage, extraction_error = await _extract(
             turn, extractor, outcome.content, outcome.status
         )
-        stored, quota = await db_run(
+        applied, quota = await db_run(
             turn_finish,
             turn=turn,
             outcome=outcome,
-            drafts=drafts,
+            drafts=extracted.drafts,
+            updates=extracted.updates,
             extraction_usage=extraction_usage,
             extraction_error=extraction_error,
         )
@@ -259,8 +261,9 @@ async def _store(
             await db_run(quota_release, reservation_id=turn.reservation_id)
         except Exception:
             logger.warning("turn.release_failed", extra=log)  # the sweeper's safety net
-        return [], turn.quota
-    return [flow_to_dict(flow) for flow in stored], quota
+        return [], turn.quota, []
+    updated = [flow_update_to_dict(flow, changes) for flow, changes in applied.updated]
+    return [flow_to_dict(flow) for flow in applied.created], quota, updated
 
 
 def _system_provider(fallback: Provider) -> Provider:
@@ -291,7 +294,7 @@ async def _run(generation: Generation, turn: PreparedTurn, provider: Provider) -
     reported = outcome.usage if outcome.usage.total else None
     outcome.usage = _usage_for(turn, outcome.content, reported)
     outcome.duration_ms = int((loop.time() - started) * 1000)
-    flows, quota = await _store(turn, provider, outcome, log)
+    flows, quota, updated = await _store(turn, provider, outcome, log)
 
     for event in trailing_events(
         message_id=message_id,
@@ -304,9 +307,10 @@ async def _run(generation: Generation, turn: PreparedTurn, provider: Provider) -
         quota=quota,
         provider=turn.assistant_message.provider,
         model=turn.assistant_message.model,
+        updated=updated,
     ):
         generation.add_trailing(*event)
-    generation.result = TurnResult(outcome=outcome, flows=flows, quota=quota)
+    generation.result = TurnResult(outcome=outcome, flows=flows, quota=quota, updated=updated)
     registry.discard(generation)
     generation.close()
 
@@ -337,6 +341,7 @@ async def _run(generation: Generation, turn: PreparedTurn, provider: Provider) -
             "output_tokens": outcome.usage.output_tokens,
             "usage_estimated": outcome.usage.estimated,
             "flows": len(flows),
+            "flows_updated": len(updated),
             "ttft_ms": int(ttft * 1000) if ttft is not None else None,
             "duration_ms": outcome.duration_ms,
             "provider": outcome.provider,
@@ -349,19 +354,21 @@ async def _run(generation: Generation, turn: PreparedTurn, provider: Provider) -
 
 async def _extract(
     turn: PreparedTurn, provider: Provider, text: str, status: str
-) -> tuple[list[Any], Usage | None, str]:
-    """Flows from the conversation; a failure is a warning, never the turn's error."""
+) -> tuple[ExtractedFlows, Usage | None, str]:
+    """New flows and changes to the context's listed flows, from the conversation; a
+    failure is a warning, never the turn's error."""
     if status != Message.Status.COMPLETE or not settings.FLOWS_EXTRACTION_ENABLED:
-        return [], None, ""
+        return ExtractedFlows(), None, ""
     transcript = [*turn.history, ChatMessage("assistant", text)]
     started = time.monotonic()
     try:
-        drafts, usage = await asyncio.wait_for(
+        extracted, usage = await asyncio.wait_for(
             flows_extract(
                 provider,
                 messages=transcript,
                 context_name=turn.context_name,
                 today=timezone.now().date(),
+                flows=turn.flows,
             ),
             timeout=settings.AI_TIMEOUT_SECONDS,
         )
@@ -371,13 +378,15 @@ async def _extract(
             "turn.extraction_failed",
             extra={"message_id": str(turn.assistant_message.id), "code": code},
         )
-        return [], None, code
+        return ExtractedFlows(), None, code
     logger.info(
         "turn.flows_extracted",
         extra={
             "message_id": str(turn.assistant_message.id),
-            "drafts": len(drafts),
+            "drafts": len(extracted.drafts),
+            "updates": len(extracted.updates),
+            "listed_flows": len(turn.flows),
             "duration_ms": int((time.monotonic() - started) * 1000),
         },
     )
-    return drafts, usage, ""
+    return extracted, usage, ""

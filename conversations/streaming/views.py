@@ -184,6 +184,7 @@ async def _json_reply(turn: PreparedTurn, generation: Generation) -> JsonRespons
                 "user_message": message_to_dict(turn.user_message),
                 "message": message,
                 "flows": result.flows,
+                "flows_updated": result.updated,
                 "quota": result.quota,
             }
         )

@@ -15,6 +15,7 @@ from ai.providers.mock import MockProvider
 from flows.extraction import (
     FLOW_EXTRACTION_SCHEMA,
     MAX_FLOWS,
+    ExtractedFlows,
     FlowDraft,
     extraction_system_prompt,
     flows_extract,
@@ -51,13 +52,18 @@ def _objects(node: Any) -> list[dict[str, Any]]:
 
 def test_schema_is_strict_compatible():
     objects = _objects(FLOW_EXTRACTION_SCHEMA)
-    assert len(objects) == 2
+    assert len(objects) == 4  # the payload, a new flow, a change, its fields
     for obj in objects:
         assert obj["additionalProperties"] is False
         assert sorted(obj["required"]) == sorted(obj["properties"])
     flow = FLOW_EXTRACTION_SCHEMA["properties"]["flows"]["items"]["properties"]
     assert flow["priority"]["enum"] == ["low", "medium", "high"]
     assert flow["due_date"]["type"] == ["string", "null"]
+    change = FLOW_EXTRACTION_SCHEMA["properties"]["updated"]["items"]["properties"]["changes"]
+    assert sorted(change["properties"]) == ["due_date", "priority", "status", "title"]
+    assert change["properties"]["status"]["enum"] == ["open", "done", None]
+    for node in change["properties"].values():
+        assert node["type"] == ["string", "null"]  # null: no change (strict mode needs all)
 
 
 # --- validate_drafts ----------------------------------------------------------------------------
@@ -235,13 +241,14 @@ async def test_no_user_message_makes_no_call():
 
     assert await flows_extract(
         Exploding(), messages=[ChatMessage("assistant", "hello")], context_name="Work", today=TODAY
-    ) == ([], None)
+    ) == (ExtractedFlows(), None)
 
 
 async def test_mock_provider_path():
-    drafts, usage = await flows_extract(
+    extracted, usage = await flows_extract(
         MockProvider(token_delay_ms=0), messages=CHAT, context_name="Work", today=TODAY
     )
+    drafts = extracted.drafts
     assert [(d.title, d.due_date) for d in drafts] == [
         ("Book a flight", dt.date(2025, 3, 15)),
         ("Call the client", dt.date(2025, 3, 15)),
@@ -257,9 +264,10 @@ async def test_openai_path_sends_schema_and_validates(openai_server):
     openai_server.push(
         OpenAIScript(content=json.dumps(payload), prompt_tokens=100, completion_tokens=30)
     )
-    drafts, usage = await flows_extract(
+    extracted, usage = await flows_extract(
         get_provider(), messages=CHAT, context_name="Work", today=TODAY
     )
+    drafts = extracted.drafts
     assert drafts == [FlowDraft("Book a flight", "", "medium", dt.date(2025, 3, 15))]
     assert (usage.input_tokens, usage.output_tokens) == (100, 30)
     body = openai_server.requests[0].body
@@ -273,9 +281,10 @@ async def test_openai_path_sends_schema_and_validates(openai_server):
 async def test_openai_hostile_output_is_rejected(openai_server):
     flood = {"flows": [item(f"Flow {i}") for i in range(500)]}
     openai_server.push(OpenAIScript(content=json.dumps(flood)))
-    drafts, usage = await flows_extract(
+    extracted, usage = await flows_extract(
         get_provider(), messages=CHAT, context_name="Work", today=TODAY
     )
+    drafts = extracted.drafts
     assert drafts == []
     assert usage is not None  # the call still used tokens
 
@@ -284,7 +293,10 @@ async def test_openai_hostile_output_is_rejected(openai_server):
 async def test_openai_fallback_and_malformed_json(openai_server):
     openai_server.refuse_response_formats = {"json_schema"}
     openai_server.push(OpenAIScript(content='{"flows": [{"title": "Call'))
-    drafts, _ = await flows_extract(get_provider(), messages=CHAT, context_name="Work", today=TODAY)
+    extracted, _ = await flows_extract(
+        get_provider(), messages=CHAT, context_name="Work", today=TODAY
+    )
+    drafts = extracted.drafts
     assert drafts == []
     assert openai_server.requests[-1].body["response_format"] == {"type": "json_object"}
 
@@ -307,9 +319,10 @@ async def test_anthropic_tool_path(anthropic_server):
             output_tokens=20,
         )
     )
-    drafts, usage = await flows_extract(
+    extracted, usage = await flows_extract(
         get_provider(), messages=CHAT, context_name="Work", today=TODAY
     )
+    drafts = extracted.drafts
     assert drafts == [FlowDraft("Call the client", "", "high", None)]
     assert (usage.input_tokens, usage.output_tokens) == (80, 20)
     body = anthropic_server.requests[0].body
@@ -321,5 +334,8 @@ async def test_anthropic_tool_path(anthropic_server):
 @pytest.mark.usefixtures("anthropic_settings")
 async def test_anthropic_hostile_output_is_rejected(anthropic_server):
     anthropic_server.push(AnthropicScript(tool_input={"flows": [item(f"F{i}") for i in range(50)]}))
-    drafts, _ = await flows_extract(get_provider(), messages=CHAT, context_name="Work", today=TODAY)
+    extracted, _ = await flows_extract(
+        get_provider(), messages=CHAT, context_name="Work", today=TODAY
+    )
+    drafts = extracted.drafts
     assert drafts == []
