@@ -23,6 +23,9 @@ class FlowEventInline(admin.TabularInline):
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
 
 @admin.register(Flow)
 class FlowAdmin(admin.ModelAdmin):
