@@ -183,8 +183,9 @@ async def _json_reply(turn: PreparedTurn, generation: Generation) -> JsonRespons
                 "conversation_id": str(turn.conversation_id),
                 "user_message": message_to_dict(turn.user_message),
                 "message": message,
-                "flows": result.flows,
-                "flows_updated": result.updated,
+                # The flows the turn created, then those it changed, as they are now
+                # (docs/api.md#the-json-answer); the stream's flows_extracted tells them apart.
+                "flows": [*result.flows, *(item["flow"] for item in result.updated)],
                 "quota": result.quota,
             }
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -17,8 +18,11 @@ from flows.extraction import (
     MAX_FLOWS,
     ExtractedFlows,
     FlowDraft,
+    FlowUpdate,
+    ListedFlow,
     extraction_system_prompt,
     flows_extract,
+    render_extraction_input,
     render_transcript,
     title_key,
     validate_drafts,
@@ -339,3 +343,68 @@ async def test_anthropic_hostile_output_is_rejected(anthropic_server):
     )
     drafts = extracted.drafts
     assert drafts == []
+
+
+# --- changes to listed flows through each provider ---------------------------------------------
+
+LISTED = [
+    ListedFlow(uuid.UUID("6f1c3a52-1d7e-4c1e-9a57-0c2b8f3e9d10"), "Book a flight", "medium", None),
+    ListedFlow(uuid.UUID("0b8e2f6a-5c4d-4e3f-8a21-7d9c6b5a4e32"), "Call Anna", "low", TODAY),
+]
+DONE_TALK = [ChatMessage("user", "I booked the flight, move the call to Friday")]
+
+
+def changes_payload(*extra: dict[str, Any]) -> dict[str, Any]:
+    nulls = {"status": None, "title": None, "priority": None, "due_date": None}
+    return {
+        "flows": [item("Pay rent")],
+        "updated": [
+            {"id": str(LISTED[0].id), "changes": {**nulls, "status": "done"}},
+            {"id": str(LISTED[1].id), "changes": {**nulls, "due_date": "2025-03-21"}},
+            *extra,
+        ],
+    }
+
+
+EXPECTED_UPDATES = [
+    FlowUpdate(LISTED[0].id, {"status": "done"}),
+    FlowUpdate(LISTED[1].id, {"due_date": dt.date(2025, 3, 21)}),
+]
+UNLISTED = {"id": str(uuid.uuid4()), "changes": {"status": "done"}}
+
+
+@pytest.mark.usefixtures("openai_settings")
+@pytest.mark.parametrize("json_schema", [True, False])
+async def test_openai_returns_changes_with_and_without_json_schema(openai_server, json_schema):
+    if not json_schema:  # an OpenAI-compatible server that refuses json_schema
+        openai_server.refuse_response_formats = {"json_schema"}
+    openai_server.push(OpenAIScript(content=json.dumps(changes_payload(UNLISTED))))
+    extracted, usage = await flows_extract(
+        get_provider(), messages=DONE_TALK, context_name="Work", today=TODAY, flows=LISTED
+    )
+    assert extracted.drafts == [FlowDraft("Pay rent")]
+    assert extracted.updates == EXPECTED_UPDATES
+    assert usage is not None
+    body = openai_server.requests[-1].body
+    assert body["messages"][1]["content"] == render_extraction_input(DONE_TALK, LISTED)
+    if json_schema:
+        assert body["response_format"]["json_schema"]["schema"] == FLOW_EXTRACTION_SCHEMA
+    else:
+        assert body["response_format"] == {"type": "json_object"}
+        assert '"updated"' in body["messages"][0]["content"]  # the schema, described
+
+
+@pytest.mark.usefixtures("anthropic_settings")
+async def test_anthropic_tool_path_returns_changes(anthropic_server):
+    anthropic_server.push(
+        AnthropicScript(tool_input=changes_payload(UNLISTED), input_tokens=90, output_tokens=40)
+    )
+    extracted, usage = await flows_extract(
+        get_provider(), messages=DONE_TALK, context_name="Work", today=TODAY, flows=LISTED
+    )
+    assert extracted.drafts == [FlowDraft("Pay rent")]
+    assert extracted.updates == EXPECTED_UPDATES
+    assert (usage.input_tokens, usage.output_tokens) == (90, 40)
+    body = anthropic_server.requests[0].body
+    assert body["tools"][0]["input_schema"] == FLOW_EXTRACTION_SCHEMA
+    assert body["messages"][0]["content"] == render_extraction_input(DONE_TALK, LISTED)
