@@ -148,18 +148,25 @@ def in_netns(namespace: str) -> Iterator[None]:
         os.close(own)
 
 
+def _dead_run(name: str) -> bool:
+    """Whether ``name`` (``chatns<pid>-...``) belongs to a run whose process is gone."""
+    pid = name[len(NAME_PREFIX) :].split("-")[0]
+    return name.startswith(NAME_PREFIX) and pid.isdigit() and not Path(f"/proc/{pid}").exists()
+
+
 def remove_leftovers() -> list[str]:
-    """Delete the namespaces (and their processes) of earlier runs whose pid is gone."""
+    """Delete the namespaces (and their processes) and the temporary folders of earlier
+    runs whose pid is gone (a run killed before it could clean up)."""
     removed = []
     for line in run(["ip", "netns", "list"], check=False).splitlines():
         name = line.split()[0] if line.split() else ""
-        if not name.startswith(NAME_PREFIX):
-            continue
-        pid = name[len(NAME_PREFIX) :].split("-")[0]
-        if pid.isdigit() and Path(f"/proc/{pid}").exists():
-            continue
-        delete_namespace(name)
-        removed.append(name)
+        if _dead_run(name):
+            delete_namespace(name)
+            removed.append(name)
+    for folder in Path(tempfile.gettempdir()).glob(f"{NAME_PREFIX}*-*"):
+        if folder.is_dir() and _dead_run(folder.name):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(str(folder))
     return removed
 
 

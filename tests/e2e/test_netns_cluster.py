@@ -53,6 +53,8 @@ def hosts() -> Iterator[NetnsCluster]:
             "CHAT_CHECKPOINT_SECONDS": "0.2",
         },
         static_root=ROOT / "web" / "static",
+        # The hosts' logs (daphne, nginx, PostgreSQL, Redis) kept to read after a failure.
+        keep=bool(os.environ.get("KEEP_DAPHNE_LOGS")),
     )
     try:
         cluster.start()
@@ -62,6 +64,8 @@ def hosts() -> Iterator[NetnsCluster]:
         yield cluster
     finally:
         cluster.stop()
+        if cluster.keep:
+            print(f"namespace cluster logs kept in {cluster.folder}")
 
 
 @pytest.fixture(scope="module")
