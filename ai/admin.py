@@ -1,22 +1,27 @@
-"""Admin for quota (limits per user, reset action), reservations, the usage ledger and the
-models' prices (with the models in use that have none)."""
+"""Admin for quota (limits per user, reset action), reservations, the usage ledger, the
+models' prices (with the models in use that have none) and the routes' circuit breakers
+(a read-only page under the prices, with a "close breaker" button)."""
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 
+from ai.breaker import breaker_close, breaker_states
 from ai.charts import cost_by_day_svg
 from ai.models import ModelPrice, Quota, Reservation, UsageRecord
 from ai.pricing import FREE_PROVIDERS, price_for, unpriced_models
 from ai.quota.resets import quota_reset, quota_set_limits
 from ai.quota.services import quota_get_or_create, quota_release
+from ai.routing import allowed_routes, configured_routes, system_route
 from ai.selectors import usage_cost_by_day, usage_totals, usage_totals_by_user_and_day
 
 
@@ -305,3 +310,53 @@ class ModelPriceAdmin(admin.ModelAdmin):
             )
         extra = {**(extra_context or {}), "unpriced_models": missing}
         return super().changelist_view(request, extra)
+
+    def get_urls(self) -> list[URLPattern]:
+        routes = self.admin_site.admin_view(self.routes_view)
+        return [path("routes/", routes, name="ai_routes"), *super().get_urls()]
+
+    def routes_view(self, request: HttpRequest) -> HttpResponse:
+        """The routes (docs/api.md#routing): order, breaker state, failures in a row, when
+        it opened; POST ``close`` (with the change permission on prices) closes one."""
+        if not self.has_view_permission(request):
+            return HttpResponse(status=403)
+        routes = configured_routes()
+        extra = [r for r in [*allowed_routes(), system_route()] if r not in routes]
+        everything = [*routes, *dict.fromkeys(extra)]
+        names = [route.name for route in everything]
+        can_close = self.has_change_permission(request)
+        if request.method == "POST":
+            name = request.POST.get("close", "")
+            if can_close and name in names:
+                breaker_close(name)
+                self.message_user(request, f"The breaker of {name} is closed.", messages.SUCCESS)
+            return HttpResponseRedirect(request.path)
+        system = system_route()
+        rows = [
+            {
+                "name": route.name,
+                "position": routes.index(route) + 1 if route in routes else None,
+                "system": route == system,
+                "allowed": route in allowed_routes(),
+                "state": state.state.replace("_", "-"),
+                "failures": state.failures,
+                "opened_at": _when(state.opened_at),
+                "retry_in": int(state.retry_in),
+            }
+            for route, state in zip(everything, breaker_states(names), strict=True)
+        ]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Routes",
+            "rows": rows,
+            "can_close": can_close,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/ai/routes.html", context)
+
+
+def _when(timestamp: float | None) -> Any:
+    """A Unix time as an aware datetime (``None`` stays ``None``)."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, tz=UTC)

@@ -247,10 +247,12 @@ class AnthropicProvider:
                         provider=self.name,
                     )
                 # ping, content_block_start/stop and unknown events carry no text.
-        except AIError:
+        except AIError as exc:
+            _with_usage(exc, input_tokens, output_tokens, cache_read, cache_write)
             raise
         except Exception as exc:
-            raise map_provider_error(exc, provider=self.name, sdk=_SDK_ERRORS) from exc
+            error = map_provider_error(exc, provider=self.name, sdk=_SDK_ERRORS)
+            raise _with_usage(error, input_tokens, output_tokens, cache_read, cache_write) from exc
         finally:
             # Closing the generator (or any failure) closes the HTTP response at once.
             with contextlib.suppress(Exception):
@@ -261,7 +263,9 @@ class AnthropicProvider:
             logger.warning(
                 "ai.anthropic.stream_incomplete", extra={"provider": self.name, "chunks": chunks}
             )
-            raise AIStreamIncomplete()
+            raise _with_usage(
+                AIStreamIncomplete(), input_tokens, output_tokens, cache_read, cache_write
+            )
         yield StreamEnd(
             finish_reason="length" if stop_reason == "max_tokens" else "stop",
             usage=Usage(
@@ -328,6 +332,22 @@ class AnthropicProvider:
                 estimated=True,
             )
         return StructuredResult(payload=payload, usage=usage)
+
+
+def _with_usage(
+    error: AIError, input_tokens: int, output_tokens: int, cache_read: int, cache_write: int
+) -> AIError:
+    """``error`` carrying what the stream reported before it failed (``message_start``'s
+    input tokens), as ``error.usage``: the usage ledger records a failed route's attempt
+    (docs/api.md#routing). Nothing reported: unchanged."""
+    if input_tokens or output_tokens:
+        error.usage = Usage(  # type: ignore[attr-defined]
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cache_read_tokens=cache_read,
+            cache_write_tokens=cache_write,
+        )
+    return error
 
 
 def _input_tokens(usage: dict[str, Any]) -> int:

@@ -211,3 +211,30 @@ def test_the_models_list_and_the_model_field(client):
     )
     assert answer.status_code == 400
     assert "model" in answer.json()["errors"]
+
+
+@pytest.mark.django_db
+def test_the_admin_routes_page_shows_and_closes_breakers(client):
+    from django.contrib.auth import get_user_model
+
+    admin = get_user_model().objects.create_superuser("root", "root@example.com", "pw-root-1")
+    client.force_login(admin)
+    breaker.record_failure(OPENAI.name)
+    breaker.record_failure(OPENAI.name)
+    page = client.get("/admin/ai/modelprice/routes/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "openai:gpt-4o-mini" in html and "anthropic:claude-sonnet-4-6" in html
+    assert 'class="route-open"' in html and "Close breaker" in html
+    assert "/admin/ai/modelprice/routes/" in client.get("/admin/ai/modelprice/").content.decode()
+    answer = client.post("/admin/ai/modelprice/routes/", {"close": OPENAI.name})
+    assert answer.status_code == 302
+    assert breaker.breaker_states([OPENAI.name])[0].state == breaker.CLOSED
+    assert 'class="route-open"' not in client.get("/admin/ai/modelprice/routes/").content.decode()
+
+
+@pytest.mark.django_db
+def test_the_routes_page_is_for_staff_only(client):
+    user = factories.make_user("bob")
+    client.force_login(user)
+    assert client.get("/admin/ai/modelprice/routes/").status_code == 302  # to the login

@@ -396,3 +396,90 @@ def test_a_second_process_sees_the_open_breaker_through_redis(upstreams, alice, 
         first.stop()
         second.stop()
         redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+# --- the usage of a failed attempt, a client's pick, the system route -------------------
+
+
+def test_a_failed_routes_reported_usage_is_in_the_ledger_and_not_charged(
+    daphne_factory, upstreams, alice
+):
+    openai_fake, anthropic_fake = upstreams
+    server = daphne_factory(
+        **env_for(
+            openai_fake.base_url,
+            anthropic_fake.base_url,
+            AI_ROUTES="anthropic:claude-sonnet-4-6,openai:gpt-4o-mini",
+        )
+    )
+    _, token, context = alice
+    # message_start (21 input tokens) reached us, then the connection dropped: no text.
+    anthropic_fake.push(AnthropicScript(drop_after=0))
+    openai_fake.push(OpenAIScript(tokens=["Fine"], prompt_tokens=30, completion_tokens=2))
+    result = turn(server, token, context)
+    assert result.first("failover").data["code"] == "ai_unavailable"
+    done = result.last().data
+    assert (done["provider"], done["usage"]["input_tokens"]) == ("openai", 30)
+    lines = {
+        line.provider: line
+        for line in UsageRecord.objects.filter(message_id=done["message_id"], purpose="reply")
+    }
+    assert set(lines) == {"anthropic", "openai"}
+    failed = lines["anthropic"]
+    assert (failed.outcome, failed.error_code, failed.input_tokens) == (
+        "failed",
+        "ai_unavailable",
+        21,
+    )
+    assert failed.tokens_charged == 0
+    assert lines["openai"].tokens_charged == 32
+    quota = httpx.get(
+        f"{server.url}/api/v1/quota/", headers={"Authorization": f"Token {token}"}, timeout=10
+    ).json()
+    assert quota["tokens_used"] == 32 and quota["requests_used"] == 1
+
+
+def test_a_clients_model_goes_first_and_the_system_route_extracts(daphne_factory, upstreams, alice):
+    openai_fake, anthropic_fake = upstreams
+    server = daphne_factory(
+        **env_for(
+            openai_fake.base_url,
+            anthropic_fake.base_url,
+            FLOWS_EXTRACTION_ENABLED="true",
+            AI_SYSTEM_ROUTE="anthropic:claude-haiku-4-5",
+            AI_ALLOWED_MODELS="openai:gpt-4o-mini,anthropic:claude-sonnet-4-6",
+        )
+    )
+    _, token, context = alice
+    models = httpx.get(
+        f"{server.url}/api/v1/models/", headers={"Authorization": f"Token {token}"}, timeout=10
+    ).json()
+    assert [m["id"] for m in models["results"]] == [
+        "openai:gpt-4o-mini",
+        "anthropic:claude-sonnet-4-6",
+    ]
+    result = turn(server, token, context, model="anthropic:claude-sonnet-4-6")
+    assert result.names()[-1] == "done", result.names()
+    assert result.first("metadata").data["provider"] == "anthropic"
+    assert result.last().data["provider"] == "anthropic"
+    assert openai_fake.requests == []  # the client's pick went first and served
+    # The reply streamed on the pick; the extraction went to the system route.
+    streamed, extraction = anthropic_fake.requests
+    assert streamed.body["model"] == "claude-sonnet-4-6" and streamed.body["stream"] is True
+    assert extraction.body["model"] == "claude-haiku-4-5" and not extraction.body.get("stream")
+    line = UsageRecord.objects.get(
+        message_id=result.last().data["message_id"], purpose="extraction"
+    )
+    assert (line.provider, line.model) == ("anthropic", "claude-haiku-4-5")
+
+    refused = httpx.post(
+        f"{server.url}/api/v1/conversations/stream",
+        json={
+            "context_id": str(context.id),
+            "model": "anthropic:claude-opus-4",
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+        headers={"Authorization": f"Token {token}"},
+        timeout=10,
+    )
+    assert refused.status_code == 400 and "model" in refused.json()["errors"]
