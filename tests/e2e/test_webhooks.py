@@ -18,6 +18,7 @@ from django.utils import timezone
 from tests import factories
 from tests.e2e.server import DaphneServer
 from tests.fakes.webhook_receiver import WebhookReceiver
+from tests.sse_client import stream
 from tests.webhooks.conftest import make_subscription, record
 from webhooks.models import Delivery, DeliveryAttempt
 
@@ -209,3 +210,50 @@ def test_inner_addresses_are_refused_at_delivery_without_the_setting(daphne_fact
         headers={"Authorization": f"Token {token}"},
     )
     assert response.status_code == 400 and "url" in response.json()["errors"]
+
+
+def test_a_chat_turn_that_finds_and_finishes_a_task_reaches_the_webhook(daphne_factory, alice):
+    """The whole path: a turn's extraction stores a flow, the next marks it done; each
+    change's delivery is written in the turn's transaction and sent, signed."""
+    _user, token, context = alice
+    server = daphne_factory(**HOOKS, MOCK_TOKEN_DELAY_MS="1")
+    with WebhookReceiver() as receiver:
+        receiver.secret = subscribe(server, token, receiver.url, ["flow.created", "flow.done"])
+        first = stream(
+            "POST",
+            f"{server.url}/api/v1/conversations/stream",
+            token=token,
+            json_body={
+                "context_id": str(context.id),
+                "messages": [{"role": "user", "content": "I need to book a flight"}],
+            },
+        )
+        (flow,) = first.first("flows_extracted").data["flows"]
+        meta = first.first("metadata").data
+        assert wait_until(lambda: len(receiver.entries()) == 1)
+        second = stream(
+            "POST",
+            f"{server.url}/api/v1/conversations/stream",
+            token=token,
+            json_body={
+                "conversation_id": meta["conversation_id"],
+                "message": "I booked the flight",
+            },
+        )
+        assert second.first("flows_extracted").data["updated"][0]["id"] == flow["id"]
+        assert wait_until(lambda: len(receiver.entries()) == 2)
+        time.sleep(1)
+        entries = receiver.entries()
+    assert len(entries) == 2 and all(e.verified for e in entries)
+    created, done = (e.body for e in entries)
+    assert created["type"] == "flow.created"
+    assert created["data"]["flow"]["id"] == flow["id"]
+    assert created["data"]["flow"]["title"] == "Book a flight"
+    assert created["data"]["change"]["actor"] == "extraction"
+    assert created["data"]["change"]["source_message_id"] == meta["message_id"]
+    assert done["type"] == "flow.done"
+    assert done["data"]["flow"]["status"] == "done"
+    assert done["data"]["change"]["changes"] == {"status": "done"}
+    assert (
+        done["data"]["change"]["source_message_id"] == second.first("metadata").data["message_id"]
+    )
