@@ -314,3 +314,21 @@ def test_signed_headers_verify_with_standardwebhooks(user, context):
     other = make_subscription(user)
     with pytest.raises(WebhookVerificationError):
         Webhook(other.secret).verify(body, headers)
+
+
+def test_a_patch_through_the_api_writes_its_delivery(api, user, context, settings):
+    make_subscription(user, events=["flow.done", "flow.updated"])
+    flow = factories.make_flow(context, "Call the bank", due_date=dt.date(2026, 1, 5))
+    Flow.objects.filter(pk=flow.pk).update(due_notified_at=timezone.now())
+    response = api.patch(f"/api/v1/flows/{flow.id}/", {"status": "done"}, format="json")
+    assert response.status_code == 200
+    delivery = Delivery.objects.get()
+    assert delivery.event_type == "flow.done"
+    change = delivery.payload["data"]["change"]
+    assert change["actor"] == "user" and change["source_message_id"] is None
+    assert change["changes"] == {"status": "done"}
+    assert delivery.payload["data"]["flow"]["status"] == "done"
+    api.patch(f"/api/v1/flows/{flow.id}/", {"due_date": "2026-02-01"}, format="json")
+    assert Delivery.objects.filter(event_type="flow.updated").count() == 1
+    flow.refresh_from_db()
+    assert flow.due_notified_at is None  # flow.due may fire for the new date
