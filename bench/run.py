@@ -1,6 +1,6 @@
-"""The streaming benchmark: the full product against two empty relays, in the same run.
+"""The streaming benchmark: the full product against the empty reference relays, in one run.
 
-    python bench/run.py [--quick] [--postgres] [--redis] [--cluster]
+    python bench/run.py [--quick] [--postgres] [--redis] [--cluster | --memory]
 
 Starts, each as its own process on 127.0.0.1: the fake OpenAI upstream
 (``bench/upstream.py``), the two references (``bench/references.py``: bare Starlette under
@@ -21,7 +21,10 @@ to ``docs/bench.png``. The whole run is bounded (about 4 minutes, under 5).
 
 ``--cluster`` runs the cluster mode instead (``bench/cluster_mode.py``): the product as one
 daphne process and as two behind nginx (scripts/cluster.py), on PostgreSQL and Redis, at
-C=50, 200 and 400; writes ``bench/results/cluster.md`` (under 5 minutes).
+C=50, 200 and 400; writes ``bench/results/cluster.md`` (under 5 minutes). ``--memory``
+runs the memory mode (``bench/memory_mode.py``): memory per open stream with C streams
+held open. The targets' report adds the last result of each mode (``cluster.json``,
+``memory.json``).
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ from bench.common import (  # noqa: E402
     upstream_base_url,
 )
 from bench.load import Target, run_load, summarize  # noqa: E402
+from bench.memory_mode import memory_line, run_memory  # noqa: E402
 
 #: The reference relays: server stack x HTTP client to the upstream (bench/references.py).
 REFERENCES = ("starlette", "django", "starlette-aiohttp", "django-aiohttp")
@@ -365,6 +369,9 @@ def targets_verdict(
         f"({fmt(slope)} KB per stream over C = {', '.join(map(str, points))}; "
         f"{ref}: {fmt(slopes.get(ref))} KB)"
     )
+    memory = last_result("memory.json")
+    if memory:
+        out.append(memory_line(memory, f"; from `--memory` of {memory['date']}"))
     if cluster:
         out.append(two_process_line(cluster["target"], f"; from `--cluster` of {cluster['date']}"))
     else:
@@ -404,6 +411,14 @@ def targets_verdict(
         f"{fmt(by.get(('upstream', LONG, 1), {}).get('ttfc_p50'))} ms)"
     )
     return out
+
+
+def last_result(name: str) -> dict[str, Any] | None:
+    """A mode's last result in bench/results/ (``memory.json``), or None."""
+    try:
+        return json.loads((RESULTS / name).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def last_cluster_target() -> dict[str, Any] | None:
@@ -650,11 +665,19 @@ def main() -> None:
         help="every measured server on the last core, load generator and upstream on the others",
     )
     parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="memory per open stream, streams held open (bench/memory_mode.py, 1-2 min)",
+    )
+    parser.add_argument(
         "--cluster",
         action="store_true",
         help="one daphne vs two behind nginx, on PostgreSQL + Redis (bench/cluster_mode.py)",
     )
     args = parser.parse_args()
+    if args.memory:
+        run_memory(keep=args.keep)
+        return
     if args.cluster:
         if args.quick or args.postgres or args.redis:
             parser.error("--cluster always uses PostgreSQL and Redis and has no --quick")
