@@ -146,6 +146,7 @@ async def deliver_forever() -> None:
     """Claim and send due deliveries, and scan for due flows, until cancelled."""
     inflight: set[asyncio.Task[None]] = set()
     next_scan = 0.0
+    failures = 0
     loop = asyncio.get_running_loop()
     async with _session() as session:
         try:
@@ -156,20 +157,30 @@ async def deliver_forever() -> None:
                         count = await db_run(flows_due_notify)
                         if count:
                             logger.info("webhooks.flows_due", extra={"flows": count})
-                    except Exception:
-                        logger.warning("webhooks.due_scan_failed", exc_info=True)
+                    except Exception as exc:
+                        logger.warning(
+                            "webhooks.due_scan_failed", extra={"exc_type": type(exc).__name__}
+                        )
                 free = settings.WEBHOOK_CONCURRENCY - len(inflight)
                 claims: list[Claim] = []
                 if free > 0:
                     try:
                         claims = await db_run(deliveries_claim, limit=free)
-                    except Exception:
-                        logger.warning("webhooks.claim_failed", exc_info=True)
+                        failures = 0
+                    except Exception as exc:
+                        # The database is away: wait longer each time (up to 30 s).
+                        failures = min(failures + 1, 8)
+                        logger.warning(
+                            "webhooks.claim_failed",
+                            extra={"exc_type": type(exc).__name__, "failures": failures},
+                        )
                 for claim in claims:
                     task = loop.create_task(_deliver_logged(session, claim))
                     inflight.add(task)
                     task.add_done_callback(inflight.discard)
-                if not claims or len(claims) < free:
+                if failures:
+                    await asyncio.sleep(min(30.0, settings.WEBHOOK_POLL_SECONDS * 2**failures))
+                elif not claims or len(claims) < free:
                     await asyncio.sleep(settings.WEBHOOK_POLL_SECONDS)
                 else:
                     await asyncio.sleep(0)
