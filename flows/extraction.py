@@ -39,6 +39,7 @@ changes is ``flows.services.flows_apply_updates``.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import re
 import uuid
@@ -426,6 +427,16 @@ def validate_extraction(payload: Any, listed: Sequence[ListedFlow] = ()) -> Extr
     return ExtractedFlows(drafts=drafts, updates=validate_updates(payload, listed))
 
 
+@functools.cache
+def _schema_tokens() -> int:
+    return estimate_tokens(json.dumps(FLOW_EXTRACTION_SCHEMA, separators=(",", ":")))
+
+
+@functools.lru_cache(maxsize=1024)
+def _prompt_tokens(context_name: str, today: dt.date) -> int:
+    return estimate_tokens(extraction_system_prompt(context_name, today))
+
+
 def extraction_reservation_tokens(
     *,
     messages: Sequence[ChatMessage],
@@ -443,10 +454,9 @@ def extraction_reservation_tokens(
     output: at most :data:`EXTRACTION_MAX_OUTPUT_TOKENS`. Estimated conservatively
     (``estimate_tokens``).
     """
-    schema = json.dumps(FLOW_EXTRACTION_SCHEMA, separators=(",", ":"))
     return (
-        estimate_tokens(extraction_system_prompt(context_name, today))
-        + estimate_tokens(schema)
+        _prompt_tokens(context_name, today)
+        + _schema_tokens()
         + estimate_tokens(render_extraction_input(messages, flows))
         + reply_max_tokens
         + EXTRACTION_FRAMING_TOKENS

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from django.utils import timezone
+from websockets.sync.client import connect
 
 from flows.models import Flow, FlowEvent
 from tests import factories
@@ -178,3 +179,31 @@ def test_a_hostile_model_cannot_change_other_users_or_contexts_flows(
     assert str(elsewhere.id) not in shown and str(foreign.id) not in shown
     schema = extraction["response_format"]["json_schema"]["schema"]
     assert "updated" in schema["properties"]
+
+
+def test_the_websocket_carries_the_changes_too(daphne, alice):
+    _, token, context = alice
+    url = daphne.url.replace("http://", "ws://") + "/ws/v1/chat/"
+    with connect(
+        url, origin=daphne.url, subprotocols=["token", token], proxy=None, open_timeout=10
+    ) as ws:
+
+        def frames(body: dict) -> list[dict]:
+            ws.send(json.dumps({"type": "chat", **body}))
+            events = []
+            while not events or events[-1]["type"] not in ("done", "error"):
+                events.append(json.loads(ws.recv(timeout=30)))
+            return events
+
+        first = frames(new(context, "remind me to renew the passport"))
+        (created,) = first[-2]["flows"]
+        assert first[-2]["type"] == "flows_extracted" and first[-2]["updated"] == []
+        second = frames(
+            {"conversation_id": first[0]["conversation_id"], "message": "I renewed the passport"}
+        )
+    extracted = second[-2]
+    assert extracted["type"] == "flows_extracted" and extracted["flows"] == []
+    assert [(u["id"], u["changes"]) for u in extracted["updated"]] == [
+        (created["id"], {"status": "done"})
+    ]
+    assert Flow.objects.get(pk=created["id"]).status == "done"

@@ -22,6 +22,7 @@ from conversations.streaming.turn import prepare_turn
 from conversations.turn_finish import ReplyOutcome, turn_finish
 from conversations.turn_start import turn_reservation
 from flows.extraction import (
+    MAX_LISTED_FLOWS,
     ExtractedFlows,
     FlowDraft,
     FlowUpdate,
@@ -34,7 +35,7 @@ from flows.extraction import (
     validate_updates,
 )
 from flows.models import Flow, FlowEvent
-from flows.selectors import flows_listed_for_extraction
+from flows.selectors import flows_listed_for_extraction, flows_listed_query
 from flows.services import flows_apply_updates
 from flows.signals import flow_events_recorded
 from tests import factories
@@ -270,7 +271,7 @@ def test_a_retitle_onto_another_open_flow_is_skipped_the_rest_applied(user):
 @pytest.mark.django_db
 def test_the_listing_shows_open_and_recently_done_flows_of_the_context_only(user, other_user):
     context = factories.make_context(user, name="Work")
-    open_flow = factories.make_flow(context, "Open one")
+    open_flow = factories.make_flow(context, "Open one", due_date=TODAY, priority="high")
     done_flow = factories.make_flow(context, "Done lately", status="done")
     old = factories.make_flow(context, "Done long ago", status="done")
     Flow.objects.filter(pk=old.pk).update(updated_at=timezone.now() - dt.timedelta(days=30))
@@ -278,6 +279,25 @@ def test_the_listing_shows_open_and_recently_done_flows_of_the_context_only(user
     factories.make_flow(factories.make_context(other_user, name="Work"), "Foreign")
     listed = flows_listed_for_extraction(context_id=context.id, now=timezone.now())
     assert [(f.id, f.status) for f in listed] == [(open_flow.id, "open"), (done_flow.id, "done")]
+    assert listed[0] == ListedFlow(open_flow.id, "Open one", "high", TODAY, "open")
+
+
+@pytest.mark.django_db
+def test_the_listings_plain_sql_reads_what_the_orm_reads(user):
+    """The plain-SQL listing against its ORM reference: the same rows, order and cap."""
+    context = factories.make_context(user, name="Work")
+    now = timezone.now()
+    for i in range(MAX_LISTED_FLOWS + 5):
+        status = "done" if i % 3 == 0 else "open"
+        due = TODAY + dt.timedelta(days=i) if i % 2 else None
+        flow = factories.make_flow(context, f"Task {i}", status=status, due_date=due)
+        age = dt.timedelta(days=i % 20, minutes=i)
+        Flow.objects.filter(pk=flow.pk).update(created_at=now - age, updated_at=now - age)
+    listed = flows_listed_for_extraction(context_id=context.id, now=now)
+    reference = [ListedFlow(*row) for row in flows_listed_query(context_id=context.id, now=now)]
+    assert len(listed) == MAX_LISTED_FLOWS
+    assert listed == reference
+    assert {f.status for f in listed} == {"open", "done"}
 
 
 # --- through the turn's start and finish -------------------------------------------------------
