@@ -164,6 +164,27 @@ def test_a_primary_failing_before_its_first_chunk_fails_over(
     )
 
 
+def test_the_json_answer_names_the_route_that_served(daphne_factory, upstreams, alice):
+    openai_fake, anthropic_fake = upstreams
+    server = daphne_factory(**env_for(openai_fake.base_url, anthropic_fake.base_url))
+    _, token, context = alice
+    openai_fake.push(rate_limited("1"))
+    answer = httpx.post(
+        f"{server.url}/api/v1/conversations/stream",
+        json={"context_id": str(context.id), "messages": [{"role": "user", "content": "Hi"}]},
+        headers={"Authorization": f"Token {token}", "Accept": "application/json"},
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    message = answer.json()["message"]
+    assert (message["status"], message["provider"], message["model"]) == (
+        "complete",
+        "anthropic",
+        "claude-sonnet-4-6",
+    )
+    assert message["content"] == "Hello, world!"
+
+
 def test_a_refused_connection_fails_over(daphne_factory, upstreams, alice):
     _, anthropic_fake = upstreams
     closed = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
