@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from django.core.cache import cache
 from websockets.sync.client import connect
 
 from ai.models import UsageRecord
@@ -43,7 +44,9 @@ def fakes() -> Iterator[tuple[FakeOpenAIServer, FakeAnthropicServer]]:
 
 @pytest.fixture
 def upstreams(fakes):
-    """The two fakes, with their queues and request logs emptied for this test."""
+    """The two fakes, with their queues and request logs emptied for this test, and no
+    breaker state left by another test (shared through Redis when ``REDIS_URL`` is set)."""
+    cache.clear()
     for fake in fakes:
         with fake.lock:
             fake.requests.clear()
