@@ -9,7 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from webhooks import selectors, services
-from webhooks.models import Subscription
+from webhooks.models import EventType, Subscription
 from webhooks.serializers import SubscriptionCreatedSerializer, SubscriptionSerializer
 
 
@@ -23,7 +23,13 @@ class SubscriptionListApi(generics.ListCreateAPIView):
     def post(self, request: Request, *args: object, **kwargs: object) -> Response:
         serializer = SubscriptionSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        subscription = services.subscription_create(user=request.user, **serializer.validated_data)
+        data = serializer.validated_data
+        subscription = services.subscription_create(
+            user=request.user,
+            url=data["url"],
+            events=data.get("events", EventType.values),
+            active=data.get("active", True),
+        )
         return Response(
             SubscriptionCreatedSerializer(subscription).data, status=status.HTTP_201_CREATED
         )

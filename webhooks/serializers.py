@@ -26,6 +26,8 @@ class SubscriptionSerializer(serializers.ModelSerializer):
         allow_empty=False,
         min_length=1,
         max_length=len(EventType.values),
+        required=False,
+        help_text="Default on create: all four.",
     )
     active = StrictBooleanField(required=False)
 

@@ -97,10 +97,16 @@ def test_bad_input_names_the_field(api, body, field):
     assert not Subscription.objects.exists()
 
 
-def test_missing_fields_are_named(api):
+def test_missing_url_is_named(api):
     response = api.post("/api/v1/webhooks/", {}, format="json")
     assert response.status_code == 400
-    assert {"url", "events"} <= set(response.json()["errors"])
+    assert set(response.json()["errors"]) == {"url"}
+
+
+def test_events_default_to_all(api):
+    response = api.post("/api/v1/webhooks/", {"url": URL}, format="json")
+    assert response.status_code == 201
+    assert response.json()["events"] == ["flow.created", "flow.updated", "flow.done", "flow.due"]
 
 
 @pytest.mark.parametrize(
