@@ -23,11 +23,13 @@ there: no due dates). The same rules pick the tasks the chat reply acknowledges.
 Changes to the listed flows (the ``<flows>`` block before the transcript, one JSON object
 per line; see ``flows.extraction.render_flows``) come from the LAST user message only:
 "I booked ...", "I did ...", "I've done ...", "I finished ...", "I completed ...", "done
-with ...", "... is done" mark the matching open flow done; "move / push / postpone /
-reschedule ... to <weekday>" ("to Friday", "to next Friday", also "to tomorrow", "to
-next week") gives the matching open flow the next such date after today. A flow matches
-when it shares the most words (stop words left out, "booked"/"booking" read as "book")
-with the words after the phrase; a tie or no shared word changes nothing.
+with ...", "... is done", or a sentence starting with such a verb ("Booked the flight")
+mark the matching open flow done; "move / push / postpone / reschedule / change ... to
+<weekday>" ("to Friday", "to next Friday", also "to tomorrow", "to next week", or "to
+YYYY-MM-DD") gives the matching open flow that date (a weekday: the next such day after
+today). A flow matches when it shares the most words (stop words left out,
+"booked"/"booking" read as "book") with the words after the phrase; a tie or no shared
+word changes nothing.
 
 Test and demo hooks (only this provider, only in the LAST user message; they are
 markers in the text and stay in it):
@@ -145,16 +147,30 @@ _MAX_TASKS = 10
 
 # --- rule-based changes to listed flows ----------------------------------------------------
 _FLOWS_BLOCK = re.compile(r"<flows>\n(.*?)\n</flows>", re.DOTALL)
+_DONE_VERBS = (
+    "booked|called|paid|sent|bought|wrote|fixed|renewed|emailed|answered|submitted|"
+    "cleaned|watered|cancelled|canceled|ordered|mailed|signed|returned|picked up"
+)
 _DONE = re.compile(
-    r"\b(?:i(?:'ve|\s+have)?\s+(?:already\s+|just\s+)?(?:(did|done|finished|completed)|"
-    r"(booked|called|paid|sent|bought|wrote|fixed|renewed|emailed|answered|submitted))\b|"
-    r"(?:i'm\s+|i\s+am\s+)?done\s+with\b)([^.!?;\n]*)",
+    r"(?:\b(?:i(?:'ve|\s+have)?\s+(?:already\s+|just\s+|finally\s+)?"
+    r"(?:(did|done|finished|completed)|(" + _DONE_VERBS + r"))\b|"
+    r"(?:i'm\s+|i\s+am\s+)?done\s+with\b)|"
+    r"(?:^|(?<=[.!?;\n]))\s*(?:(?:just|already|finally)\s+)?(" + _DONE_VERBS + r")\b)"
+    r"([^.!?;\n]*)",
     re.IGNORECASE,
 )
-_IS_DONE = re.compile(r"([^.!?;\n]*?)\s+(?:is|are)\s+(?:done|finished|booked)\b", re.I)
+_IS_DONE = re.compile(
+    r"([^.!?;\n]*?)\s+(?:is|are|has been|have been)\s+(?:done|finished|booked|completed)\b",
+    re.I,
+)
+_ISO_DAY = r"\d{4}-\d{2}-\d{2}"
 _MOVE = re.compile(
-    r"\b(?:move|push|postpone|reschedule|shift)\s+([^.!?;\n]+?)\s+to\s+"
-    r"(?:(?:on|this)\s+)?(today|tomorrow|next week|(?:next\s+)?(?:" + "|".join(_WEEKDAYS) + r"))\b",
+    r"\b(?:move|push|postpone|reschedule|shift|change)\s+([^.!?;\n]+?)\s+(?:to|for|until)\s+"
+    r"(?:(?:on|this)\s+)?(today|tomorrow|next week|"
+    + _ISO_DAY
+    + r"|(?:next\s+)?(?:"
+    + "|".join(_WEEKDAYS)
+    + r"))\b",
     re.IGNORECASE,
 )
 _STOP_WORDS = frozenset(
@@ -290,12 +306,19 @@ def find_updates(
             changes.setdefault(str(flow["id"]), {}).update(values)
 
     for match in _DONE.finditer(text):
-        change((match.group(2) or "") + " " + match.group(3), status="done")
+        verb = match.group(2) or match.group(3) or ""
+        change(f"{verb} {match.group(4)}", status="done")
     for match in _IS_DONE.finditer(text):
         change(match.group(1), status="done")
     for match in _MOVE.finditer(text):
         when = match.group(2)
-        due = _due(f"on {when}" if when.lower() in _WEEKDAYS else when, today)
+        if re.fullmatch(_ISO_DAY, when):
+            try:
+                due: dt.date | None = dt.date.fromisoformat(when)
+            except ValueError:
+                continue
+        else:
+            due = _due(f"on {when}" if when.lower() in _WEEKDAYS else when, today)
         if due is not None:
             change(match.group(1), due_date=due.isoformat())
     empty = {"status": None, "title": None, "priority": None, "due_date": None}

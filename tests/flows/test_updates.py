@@ -177,6 +177,21 @@ async def test_mock_marks_the_matching_flow_done():
         ]
 
 
+@pytest.mark.parametrize(
+    ("text", "flow", "changes"),
+    [
+        ("Booked the flight!", FLIGHT, {"status": "done"}),
+        ("Ok. Just called Anna.", CALL, {"status": "done"}),
+        ("I've finally booked it, the flight I mean", FLIGHT, {"status": "done"}),
+        ("The flight has been booked", FLIGHT, {"status": "done"}),
+        ("reschedule the call for next Tuesday", CALL, {"due_date": dt.date(2025, 1, 7)}),
+        ("move the flight to 2025-02-03", FLIGHT, {"due_date": dt.date(2025, 2, 3)}),
+    ],
+)
+async def test_mock_phrasings(text, flow, changes):
+    assert (await extract(text, [FLIGHT, CALL])).updates == [FlowUpdate(flow.id, changes)]
+
+
 async def test_mock_moves_a_due_date_to_the_next_such_weekday():
     extracted = await extract("Please move the call to Friday.", [FLIGHT, CALL])
     assert extracted.updates == [FlowUpdate(CALL.id, {"due_date": dt.date(2025, 1, 10)})]
@@ -189,6 +204,8 @@ async def test_mock_changes_nothing_when_ambiguous_or_unlisted():
     assert (await extract("I booked it", [FLIGHT, hotel])).updates == []
     assert (await extract("I booked the flight", [])).updates == []
     assert (await extract("I booked the car", [CALL])).updates == []
+    assert (await extract("move the flight to 2025-02-31", [FLIGHT])).updates == []
+    assert (await extract("I need to book a flight", [FLIGHT])).updates == []
     done = ListedFlow(uuid.uuid4(), "Book a flight", "medium", None, status="done")
     assert (await extract("I booked the flight", [done])).updates == []
 
