@@ -329,7 +329,7 @@ WEBHOOK_LEASE_SECONDS = env.float("WEBHOOK_LEASE_SECONDS", default=30.0)
 WEBHOOK_MAX_AGE_SECONDS = env.float("WEBHOOK_MAX_AGE_SECONDS", default=86_400.0)
 # How often each process looks for due deliveries, and for flows that reached their date.
 WEBHOOK_POLL_SECONDS = env.float("WEBHOOK_POLL_SECONDS", default=1.0)
-WEBHOOK_DUE_SCAN_SECONDS = env.float("WEBHOOK_DUE_SCAN_SECONDS", default=60.0)
+WEBHOOK_DUE_SCAN_SECONDS = env.float("WEBHOOK_DUE_SCAN_SECONDS", default=15.0)
 # Waits after the 1st, 2nd, ... failed attempt; the last one repeats until the max age.
 WEBHOOK_RETRY_SCHEDULE = [
     float(value)

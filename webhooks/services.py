@@ -106,12 +106,14 @@ def deliveries_for_flow_events(*, events: Sequence[FlowEvent]) -> list[Delivery]
     """Write the outbox rows of stored flow history entries (call inside their transaction).
 
     One query when the users have no active subscription, one bulk insert otherwise. A
-    changed ``due_date`` lets ``flow.due`` fire again, for the new date.
+    changed ``due_date`` lets ``flow.due`` fire again, for the new date; a flow whose
+    change leaves it open, reminded and due today or earlier gets its ``flow.due`` here
+    at once (when its user subscribed to it), instead of at the next scan.
     """
     if not events:
         return []
     rearm = [
-        e.flow_id for e in events if e.kind == FlowEvent.Kind.UPDATED and "due_date" in e.changes
+        e.flow_id for e in events if e.kind != FlowEvent.Kind.CREATED and "due_date" in e.changes
     ]
     if rearm:
         Flow.objects.filter(pk__in=rearm).update(due_notified_at=None)
@@ -139,7 +141,51 @@ def deliveries_for_flow_events(*, events: Sequence[FlowEvent]) -> list[Delivery]
                         next_attempt_at=now,
                     )
                 )
+    rows += _due_now(events=events, subscriptions=subscriptions, now=now)
     return Delivery.objects.bulk_create(rows) if rows else []
+
+
+def _due_now(
+    *, events: Sequence[FlowEvent], subscriptions: dict[int, list[Subscription]], now: datetime
+) -> list[Delivery]:
+    """The ``flow.due`` deliveries of changed flows that are due already, each flow marked
+    notified by a conditional UPDATE (so the scan, or another writer, cannot send it too)."""
+    today = timezone.localdate(now)
+    rows: list[Delivery] = []
+    seen: set[Any] = set()
+    for event in events:
+        flow = event.flow
+        wanted = [
+            sub for sub in subscriptions.get(flow.user_id, []) if EventType.FLOW_DUE in sub.events
+        ]
+        if (
+            not wanted
+            or flow.pk in seen
+            or flow.status != Flow.Status.OPEN
+            or not flow.reminder_enabled
+            or flow.due_date is None
+            or flow.due_date > today
+            or flow.due_notified_at is not None
+        ):
+            continue
+        seen.add(flow.pk)
+        if not Flow.objects.filter(pk=flow.pk, due_notified_at__isnull=True).update(
+            due_notified_at=now
+        ):
+            continue
+        flow.due_notified_at = now
+        payload = event_payload(event_type=EventType.FLOW_DUE, flow=flow, at=now)
+        rows += [
+            Delivery(
+                subscription_id=sub.id,
+                event_type=EventType.FLOW_DUE,
+                flow_id=flow.pk,
+                payload=payload,
+                next_attempt_at=now,
+            )
+            for sub in wanted
+        ]
+    return rows
 
 
 def flows_due_notify(*, now: datetime | None = None, limit: int = 200) -> int:

@@ -332,3 +332,44 @@ def test_a_patch_through_the_api_writes_its_delivery(api, user, context, setting
     assert Delivery.objects.filter(event_type="flow.updated").count() == 1
     flow.refresh_from_db()
     assert flow.due_notified_at is None  # flow.due may fire for the new date
+
+
+def test_a_flow_created_already_due_gets_flow_due_with_it(user, context):
+    make_subscription(user, events=["flow.created", "flow.due"])
+    flow = factories.make_flow(context, "Pay the rent", due_date=timezone.localdate())
+    record(flow, "created")
+    assert sorted(Delivery.objects.values_list("event_type", flat=True)) == [
+        "flow.created",
+        "flow.due",
+    ]
+    flow.refresh_from_db()
+    assert flow.due_notified_at is not None
+    assert flows_due_notify() == 0  # the scan does not send it again
+    record(flow, "updated", {"priority": "high"})
+    assert Delivery.objects.filter(event_type="flow.due").count() == 1
+
+
+def test_moving_a_notified_flow_to_a_past_date_sends_flow_due_again(user, context):
+    make_subscription(user, events=["flow.due"])
+    flow = factories.make_flow(context, due_date=timezone.localdate() + timedelta(days=3))
+    Flow.objects.filter(pk=flow.pk).update(due_notified_at=timezone.now())
+    flow.refresh_from_db()
+    Flow.objects.filter(pk=flow.pk).update(due_date=timezone.localdate() - timedelta(days=1))
+    flow.refresh_from_db()
+    record(flow, "updated", {"due_date": flow.due_date.isoformat()})
+    assert Delivery.objects.filter(event_type="flow.due").count() == 1
+    flow.refresh_from_db()
+    assert flow.due_notified_at is not None
+
+
+def test_no_immediate_flow_due_without_a_subscriber_or_for_a_done_flow(user, context):
+    make_subscription(user, events=["flow.created", "flow.done"])
+    flow = factories.make_flow(context, due_date=timezone.localdate())
+    record(flow, "created")
+    flow.refresh_from_db()
+    assert flow.due_notified_at is None  # left to the scan
+    make_subscription(user, events=["flow.due"])
+    Flow.objects.filter(pk=flow.pk).update(status="done")
+    flow.refresh_from_db()
+    record(flow, "done", {"status": "done"})
+    assert not Delivery.objects.filter(event_type="flow.due").exists()
