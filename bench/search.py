@@ -3,9 +3,11 @@
 Usage::
 
     .venv/bin/python bench/search.py [--messages 100000] [--repeat 5] [--postgres]
+                                     [--sqlite PATH]
 
 Fills a scratch database (SQLite in a temporary file, as configured for production; or
-with ``--postgres`` the PostgreSQL database ``bench_search``) through the migrations and
+with ``--postgres`` the PostgreSQL database ``bench_search``; ``--sqlite PATH`` keeps the
+SQLite file, and a second run on it skips the filling) through the migrations and
 the real triggers / indexes: one user with ``--messages`` messages in 200 conversations of
 4 contexts and 1,000 flows, plus a second user with a tenth as many (whose rows the
 search must skip). Message text is drawn from a 5,000-word vocabulary with Zipf-like
@@ -27,6 +29,7 @@ sys.path[0] = str(ROOT)  # the checkout, not bench/ (whose profile.py shadows th
 import argparse  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
+import shutil  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -38,7 +41,7 @@ VOCABULARY = 5_000
 PAGE = 50
 
 
-def _configure(postgres: bool, tmp: str) -> None:
+def _configure(postgres: bool, sqlite_path: str) -> None:
     os.environ["DJANGO_SETTINGS_MODULE"] = "chatproject.settings"
     os.environ.setdefault("DJANGO_DEBUG", "false")
     os.environ.setdefault("DJANGO_SECRET_KEY", "bench-search-in-process-only-not-a-production-key")
@@ -47,7 +50,7 @@ def _configure(postgres: bool, tmp: str) -> None:
     if postgres:
         os.environ["DATABASE_URL"] = recreate_postgres_database("bench_search")
     else:
-        os.environ["DATABASE_URL"] = f"sqlite:///{tmp}/search.sqlite3"
+        os.environ["DATABASE_URL"] = f"sqlite:///{sqlite_path}"
 
 
 def _words(rng: random.Random) -> list[str]:
@@ -72,10 +75,24 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--postgres", action="store_true")
+    parser.add_argument("--sqlite", metavar="PATH", help="keep (and reuse) this SQLite file")
     args = parser.parse_args()
 
-    tmp = tempfile.mkdtemp(prefix="search-bench-")
-    _configure(args.postgres, tmp)
+    tmp = None
+    if args.sqlite:
+        sqlite_path = str(Path(args.sqlite).resolve())
+    else:
+        tmp = tempfile.mkdtemp(prefix="search-bench-")
+        sqlite_path = f"{tmp}/search.sqlite3"
+    _configure(args.postgres, sqlite_path)
+    try:
+        _run(args)
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace) -> None:
     import django
 
     django.setup()
@@ -134,10 +151,15 @@ def main() -> None:
         return user, contexts
 
     started = time.perf_counter()
-    with transaction.atomic():
-        user, contexts = fill("searcher", args.messages)
-        fill("neighbour", args.messages // 10)
-    filled = time.perf_counter() - started
+    user = get_user_model().objects.filter(username="searcher").first()
+    if user is None:
+        with transaction.atomic():
+            user, contexts = fill("searcher", args.messages)
+            fill("neighbour", args.messages // 10)
+        filled = f"filled in {time.perf_counter() - started:.0f} s"
+    else:
+        contexts = list(Context.objects.filter(user=user).order_by("name"))
+        filled = "filled before"
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE")
@@ -176,9 +198,12 @@ def main() -> None:
     p50 = statistics.median(samples)
     p95 = samples[min(len(samples) - 1, round(0.95 * (len(samples) - 1)))]
     vendor = connection.vendor
+    mine = Message.objects.filter(user=user).count()
+    others = Message.objects.exclude(user=user).count()
+    flows = Flow.objects.filter(user=user).count()
     print(
-        f"database: {vendor}; {args.messages:,} messages of the user (+{args.messages // 10:,} "
-        f"of another), {args.messages // 100:,} flows; filled in {filled:.0f} s"
+        f"database: {vendor}; {mine:,} messages of the user (+{others:,} of another), "
+        f"{flows:,} flows; {filled}"
     )
     print(
         f"search (count + first page of {PAGE} with snippets), {len(samples)} samples: "

@@ -344,3 +344,31 @@ def test_postgres_search_uses_the_gin_index(user, work):
         cursor.execute("SET LOCAL enable_seqscan = off")
         plan = qs.explain()
     assert MESSAGE_SEARCH_INDEX in plan, plan
+
+
+def test_only_the_newest_matches_are_ranked_when_many_match(api, work, monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    monkeypatch.setattr("conversations.search.RANK_WINDOW", 2)
+    conversation = factories.make_conversation(work)
+    start = timezone.now() - timedelta(hours=1)
+    texts = [
+        "lime lime lime lime",  # oldest, the best match: outside the window
+        "lime and more words",
+        "lime once among many other words here",
+        "lime lime here",  # in the window
+        "lime here among other words too",  # newest: in the window
+    ]
+    messages = [
+        factories.make_message(conversation, content=text, created_at=start + timedelta(minutes=i))
+        for i, text in enumerate(texts)
+    ]
+    body = search(api, "lime")
+    assert body["count"] == 5
+    ids = [hit["id"] for hit in body["results"]]
+    # The window (the newest two), best first; then the rest, newest first.
+    assert ids == [str(messages[i].id) for i in (3, 4, 2, 1, 0)]
+    ranks = [hit["rank"] for hit in body["results"]]
+    assert ranks[0] > ranks[1] > 0 and ranks[2:] == [0, 0, 0]
