@@ -3,11 +3,12 @@
 Usage::
 
     .venv/bin/python bench/search.py [--messages 100000] [--repeat 5] [--postgres]
-                                     [--sqlite PATH]
+                                     [--sqlite PATH] [--reuse]
 
 Fills a scratch database (SQLite in a temporary file, as configured for production; or
 with ``--postgres`` the PostgreSQL database ``bench_search``; ``--sqlite PATH`` keeps the
-SQLite file, and a second run on it skips the filling) through the migrations and
+SQLite file, and a second run on it skips the filling; ``--reuse`` keeps the PostgreSQL
+database of the last run instead of making it again) through the migrations and
 the real triggers / indexes: one user with ``--messages`` messages in 200 conversations of
 4 contexts and 1,000 flows, plus a second user with a tenth as many (whose rows the
 search must skip). Message text is drawn from a 5,000-word vocabulary with Zipf-like
@@ -41,14 +42,18 @@ VOCABULARY = 5_000
 PAGE = 50
 
 
-def _configure(postgres: bool, sqlite_path: str) -> None:
+def _configure(postgres: bool, sqlite_path: str, reuse: bool) -> None:
     os.environ["DJANGO_SETTINGS_MODULE"] = "chatproject.settings"
     os.environ.setdefault("DJANGO_DEBUG", "false")
     os.environ.setdefault("DJANGO_SECRET_KEY", "bench-search-in-process-only-not-a-production-key")
     os.environ["LOG_LEVEL"] = "WARNING"
     os.environ.pop("REDIS_URL", None)
     if postgres:
-        os.environ["DATABASE_URL"] = recreate_postgres_database("bench_search")
+        os.environ["DATABASE_URL"] = (
+            "postgres://postgres@127.0.0.1:5432/bench_search"
+            if reuse
+            else recreate_postgres_database("bench_search")
+        )
     else:
         os.environ["DATABASE_URL"] = f"sqlite:///{sqlite_path}"
 
@@ -76,6 +81,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--postgres", action="store_true")
     parser.add_argument("--sqlite", metavar="PATH", help="keep (and reuse) this SQLite file")
+    parser.add_argument("--reuse", action="store_true", help="PostgreSQL: the last run's data")
     args = parser.parse_args()
 
     tmp = None
@@ -84,7 +90,7 @@ def main() -> None:
     else:
         tmp = tempfile.mkdtemp(prefix="search-bench-")
         sqlite_path = f"{tmp}/search.sqlite3"
-    _configure(args.postgres, sqlite_path)
+    _configure(args.postgres, sqlite_path, args.reuse)
     try:
         _run(args)
     finally:

@@ -3,10 +3,10 @@
 One selector, :func:`search_for`, hides the two databases:
 
 - **PostgreSQL**: ``websearch_to_tsquery`` (any text is a valid query: words, ``"a
-  phrase"``, ``or``, ``-word``) against GIN expression indexes on the ``english``
-  ``tsvector`` of a message's content and of a flow's title and description, ranked by
-  ``ts_rank``, snippets by ``ts_headline`` (Django's ``SearchVector``, ``SearchQuery``,
-  ``SearchRank``, ``SearchHeadline``);
+  phrase"``, ``or``, ``-word``) against stored ``english`` ``tsvector`` columns with GIN
+  indexes (a message's content; a flow's title and description: core/fts.py says why
+  not expression indexes), ranked by ``ts_rank``, snippets by ``ts_headline`` (Django's
+  ``SearchQuery``, ``SearchRank``, ``SearchHeadline``);
 - **SQLite**: FTS5 tables kept in step by triggers (core/fts.py), ranked by ``bm25``,
   snippets by ``snippet()``. The user's text never reaches ``MATCH`` as syntax:
   :func:`fts5_query` rebuilds a query of quoted terms from its words.
@@ -28,27 +28,29 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.contrib.postgres.search import SearchHeadline, SearchQuery, SearchRank, SearchVector
+from django.contrib.postgres.search import SearchHeadline, SearchQuery, SearchRank
 from django.db import connection
 from django.db.models import Case, CharField, F, FloatField, TextField, Value, When
 from django.db.models.functions import Cast, Concat
 from django.utils.dateparse import parse_datetime
 
 from conversations.models import Context, Conversation, Message
-from core.fts import PG_CONFIG, FtsIndex
+from core.fts import PG_CONFIG, FtsIndex, PgDocument
 from flows.models import Flow
-from flows.search import FLOW_FTS, flow_search_vector
+from flows.search import FLOW_DOCUMENT, FLOW_FTS
 
 #: SQLite: an FTS5 index over message text (core/fts.py).
 MESSAGE_FTS = FtsIndex(table="conversations_message", columns=("content",))
-#: PostgreSQL: a GIN index over :func:`message_search_vector`.
-MESSAGE_SEARCH_INDEX = "message_search_idx"
+#: PostgreSQL: a stored tsvector of the content, with a GIN index (core/fts.py).
+MESSAGE_DOCUMENT = PgDocument(
+    table="conversations_message", columns=("content",), index="message_search_idx"
+)
 
-#: Ranking reads each match's text (PostgreSQL parses it again for ``ts_rank``), so when
-#: more messages match, only the newest this many are ranked: they come first, best first,
-#: then the older matches, newest first. ``count`` stays exact. Measured with 100,000
-#: messages (bench/search.py): a word in half of them took 3.8 s on PostgreSQL and 1.5 s
-#: on SQLite with every match ranked.
+#: Ranking costs per match (``ts_rank`` reads each match's vector, ``bm25`` its index
+#: data), so when more messages match, only the newest this many are ranked: they come
+#: first, best first, then the older matches, newest first. ``count`` stays exact.
+#: Measured with 100,000 messages (bench/search.py): a word in half of them took 1.5 s on
+#: SQLite with every match ranked, 1.0 s with this window.
 RANK_WINDOW = 2_000
 #: Longest accepted query, in characters.
 MAX_QUERY_LENGTH = 200
@@ -59,11 +61,6 @@ HIGHLIGHT_STOP = "\ue001"
 #: Words (PostgreSQL) or tokens (SQLite) around the matches in a snippet.
 SNIPPET_WORDS = 24
 ELLIPSIS = "…"
-
-
-def message_search_vector() -> SearchVector:
-    """The ``tsvector`` of a message's content, as its GIN index holds it."""
-    return SearchVector("content", config=PG_CONFIG)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,12 +164,12 @@ class _PostgresResults(SearchResults):
         query = self._query()
         messages = (
             Message.objects.filter(user=self.user, superseded=False)
-            .alias(document=message_search_vector())
+            .alias(document=MESSAGE_DOCUMENT.expression())
             .filter(document=query)
         )
         flows = (
             Flow.objects.filter(user=self.user)
-            .alias(document=flow_search_vector())
+            .alias(document=FLOW_DOCUMENT.expression())
             .filter(document=query)
         )
         if self.context_id is not None:

@@ -1,12 +1,19 @@
-"""SQLite FTS5 full-text indexes over a model's table, kept in step by triggers.
+"""Full-text indexes over a model's table: PostgreSQL ``tsvector`` columns, SQLite FTS5.
 
-The PostgreSQL side of search needs no help (a GIN expression index); on SQLite each
-searchable table gets an *external content* FTS5 table (the text is not stored twice: the
-index reads it back from the model's table by ``rowid``) and three triggers that keep it
-in step with every ``INSERT``, ``UPDATE`` of the indexed columns and ``DELETE`` (the
-pattern of https://sqlite.org/fts5.html#external_content_tables). The migrations that
-create the indexes and :func:`sqlite_fts_ensure` (which repairs them after a migration
-rebuilt a table) share these statements, so they cannot drift apart.
+On PostgreSQL (:class:`PgDocument`) each searchable table gets a stored generated
+``tsvector`` column with a GIN index on it. Not a GIN *expression* index: ``ts_rank`` and
+a phrase's position check need the vector itself, and with an expression index PostgreSQL
+parses each candidate's text again (bench/search.py, 100,000 messages: a word in nearly
+every message took 24 s; a phrase of common words 7 s). The column is computed by the
+database on every insert and update of the text; no model declares it, so the ORM never
+writes it, and :class:`StoredDocument` reads it in queries.
+
+On SQLite each searchable table gets an *external content* FTS5 table (the text is not
+stored twice: the index reads it back from the model's table by ``rowid``) and three
+triggers that keep it in step with every ``INSERT``, ``UPDATE`` of the indexed columns
+and ``DELETE`` (the pattern of https://sqlite.org/fts5.html#external_content_tables).
+The migrations that create the indexes and :func:`sqlite_fts_ensure` (which repairs them
+after a migration rebuilt a table) share these statements, so they cannot drift apart.
 
 The link is SQLite's implicit ``rowid``: the models' keys are UUIDs, not integers. A
 table that Django's SQLite schema editor remakes (some ``AlterField``) loses its triggers
@@ -21,8 +28,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from django.contrib.postgres.search import SearchVectorField
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Expression
 
 #: Porter stemming over Unicode word splitting ("flights" finds "flight"), as PostgreSQL's
 #: ``english`` configuration (:data:`PG_CONFIG`) does on the other side.
@@ -110,3 +120,45 @@ def sqlite_fts_ensure(connection: BaseDatabaseWrapper, indexes: Sequence[FtsInde
             cursor.execute(index.rebuild_sql())
             rebuilt.append(index.name)
     return rebuilt
+
+
+@dataclass(frozen=True)
+class PgDocument:
+    """PostgreSQL: a stored ``tsvector`` column ``column`` of ``table``, generated from
+    ``columns`` (:data:`PG_CONFIG`), and a GIN index ``index`` on it."""
+
+    table: str
+    columns: tuple[str, ...]
+    index: str
+    column: str = "search_document"
+
+    def create_sql(self) -> list[str]:
+        text = " || ' ' || ".join(f"COALESCE({c}, '')" for c in self.columns)
+        return [
+            f"ALTER TABLE {self.table} ADD COLUMN {self.column} tsvector GENERATED ALWAYS AS "
+            f"(to_tsvector('{PG_CONFIG}'::regconfig, {text})) STORED",
+            f"CREATE INDEX {self.index} ON {self.table} USING gin ({self.column})",
+        ]
+
+    def drop_sql(self) -> list[str]:
+        return [
+            f"DROP INDEX IF EXISTS {self.index}",
+            f"ALTER TABLE {self.table} DROP COLUMN IF EXISTS {self.column}",
+        ]
+
+    def expression(self) -> StoredDocument:
+        return StoredDocument(self.column)
+
+
+class StoredDocument(Expression):
+    """A query's own ``tsvector`` column that no model declares (:class:`PgDocument`),
+    qualified by the alias of the query's base table (so it is right in subqueries too)."""
+
+    def __init__(self, column: str) -> None:
+        super().__init__(output_field=SearchVectorField())
+        self.column = column
+
+    def as_sql(self, compiler: Any, connection: BaseDatabaseWrapper) -> tuple[str, list]:
+        alias = compiler.query.get_initial_alias()
+        qualified = compiler.quote_name_unless_alias(alias)
+        return f"{qualified}.{connection.ops.quote_name(self.column)}", []

@@ -3,17 +3,12 @@ creates and the search reads with, kept here so that the two cannot drift apart.
 
 from __future__ import annotations
 
-from django.contrib.postgres.search import SearchVector
-
-from core.fts import PG_CONFIG, FtsIndex
+from core.fts import FtsIndex, PgDocument
 
 #: SQLite: an FTS5 index over a flow's title and description (core/fts.py).
 FLOW_FTS = FtsIndex(table="flows_flow", columns=("title", "description"))
 
-#: PostgreSQL: a GIN index over this expression; a query must use the same expression.
-FLOW_SEARCH_INDEX = "flow_search_idx"
-
-
-def flow_search_vector() -> SearchVector:
-    """The ``tsvector`` of a flow (title and description), as its GIN index holds it."""
-    return SearchVector("title", "description", config=PG_CONFIG)
+#: PostgreSQL: a stored tsvector of the title and description, with a GIN index.
+FLOW_DOCUMENT = PgDocument(
+    table="flows_flow", columns=("title", "description"), index="flow_search_idx"
+)
