@@ -998,7 +998,8 @@ function flowHistoryElement(flow) {
       when.dateTime = event.created_at;
       item.append(" ", when);
     }
-    const changes = Object.entries(event.changes || {});
+    // A created event's changes are the flow's first fields, shown above already.
+    const changes = event.kind === "created" ? [] : Object.entries(event.changes || {});
     if (changes.length) {
       const dl = h("dl", "flow-event__changes");
       for (const [field, value] of changes) {
