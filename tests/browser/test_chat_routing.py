@@ -10,6 +10,7 @@ import json
 
 from playwright.sync_api import Page, expect
 
+from tests.browser.conftest import login
 from tests.browser.test_chat_page import LAST_REPLY, last_reply_id, send, stored_reply
 
 
@@ -67,3 +68,29 @@ def test_a_failover_is_noted_on_the_reply(logged_in: Page):
     expect(reply.locator(".message__model")).to_have_text("mock:mock-2")
     stored = stored_reply(last_reply_id(page))
     assert stored.status == "complete" and stored.model == "mock-2"
+
+
+def test_the_picker_is_hidden_when_there_is_no_choice(page: Page, server, user, chat_context):
+    # The same page against a server that allows one model (its answer rewritten here).
+    one = {
+        "count": 1,
+        "next": None,
+        "previous": None,
+        "results": [
+            {
+                "id": "mock:mock-1",
+                "provider": "mock",
+                "model": "mock-1",
+                "default": True,
+                "price": None,
+            }
+        ],
+    }
+    page.route("**/api/v1/models/", lambda route: route.fulfill(json=one))
+    login(page, server.url, user.username)
+    expect(page.locator("#model-picker option")).to_have_count(1)  # the list was loaded...
+    expect(page.locator("#model-picker")).to_be_hidden()  # ...and offers no choice
+    bodies = turn_bodies(page)
+    send(page, "Hello there")
+    expect(page.locator(LAST_REPLY)).to_have_attribute("data-status", "complete", timeout=20_000)
+    assert "model" not in bodies[-1]
