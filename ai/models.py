@@ -110,6 +110,7 @@ class UsageRecord(models.Model):
     class Purpose(models.TextChoices):
         REPLY = "reply"
         EXTRACTION = "extraction"
+        TITLE = "title"
 
     class Outcome(models.TextChoices):
         COMPLETE = "complete"

@@ -315,6 +315,10 @@ QUOTA_COST_LIMIT = (
     Decimal(_cost_limit) if (_cost_limit := env.str("QUOTA_COST_LIMIT", default="")) else None
 )
 FLOWS_EXTRACTION_ENABLED = env.bool("FLOWS_EXTRACTION_ENABLED", default=True)
+# Name a new conversation after its first reply (docs/api.md#titles).
+CHAT_TITLES_ENABLED = env.bool("CHAT_TITLES_ENABLED", default=True)
+# How long an Idempotency-Key holds its turn (docs/api.md#idempotency).
+IDEMPOTENCY_KEY_TTL_SECONDS = env.int("IDEMPOTENCY_KEY_TTL_SECONDS", default=24 * 3600)
 
 # --- Webhooks (docs/api.md#webhooks, docs/operations.md#webhooks) ------------------------------
 # Subscription URLs (and the addresses they resolve to at delivery) on loopback, private,

@@ -19,7 +19,15 @@ class MessageInline(admin.TabularInline):
     extra = 0
     can_delete = False
     show_change_link = True
-    fields = ["created_at", "role", "status", "finish_reason", "content", "output_tokens"]
+    fields = [
+        "created_at",
+        "role",
+        "status",
+        "superseded",
+        "finish_reason",
+        "content",
+        "output_tokens",
+    ]
     readonly_fields = fields
     ordering = ["created_at"]
 
@@ -37,6 +45,12 @@ class ConversationAdmin(admin.ModelAdmin):
     raw_id_fields = ["user", "context"]
     inlines = [MessageInline]
 
+    def save_model(self, request, obj: Conversation, form, change: bool) -> None:
+        """A title changed here is the user's: generated titles never overwrite it."""
+        if "title" in form.changed_data:
+            obj.title_set_by_user = True
+        super().save_model(request, obj, form, change)
+
 
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
@@ -52,7 +66,7 @@ class MessageAdmin(admin.ModelAdmin):
         "output_tokens",
         "created_at",
     ]
-    list_filter = ["role", "status", "finish_reason", "provider"]
+    list_filter = ["role", "status", "finish_reason", "provider", "superseded"]
     search_fields = ["id", "user__username", "conversation__id"]
     list_select_related = ["user"]
     date_hierarchy = "created_at"
@@ -68,4 +82,6 @@ class MessageAdmin(admin.ModelAdmin):
         "model",
         "worker",
         "error_code",
+        "reply_to",
+        "generated_title",
     ]

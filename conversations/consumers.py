@@ -13,6 +13,11 @@ Client -> server, one JSON object per text frame:
 
 ``{"type": "chat", ...}``
     a turn; the rest is the body of ``POST /api/v1/conversations/stream`` (either shape).
+``{"type": "regenerate", "message_id": "..."}``
+``{"type": "edit", "message_id": "...", "content": "..."}``
+    a regenerate or an edit (docs/api.md#regenerate-and-edit), streamed like ``chat``.
+    ``chat``, ``regenerate`` and ``edit`` may carry ``"idempotency_key"``, the
+    ``Idempotency-Key`` header of the HTTP transport: a retry follows the first turn.
 ``{"type": "cancel", "message_id": "..."}``
     stop a reply of the caller's (any of them, not only this socket's); answered with
     ``{"type": "cancel_accepted", "message_id": ...}``. The stream of that reply (on this
@@ -61,9 +66,11 @@ from conversations.streaming.live import Generation, iter_events
 from conversations.streaming.replies import reply_cancel, reply_follow
 from conversations.streaming.transports.ws import encode_error, encode_json, encode_ws_event
 from conversations.streaming.turn import prepare_turn, start_generation
+from conversations.turn_start import ExistingTurn
 from core import metrics
 from core.db import db_run
 from core.errors import InvalidRequest, PayloadTooLarge, ServiceError, database_error
+from core.http import parse_uuid
 
 logger = logging.getLogger("conversations.ws")
 
@@ -167,13 +174,22 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         kind = content.get("type") if isinstance(content, dict) else None
-        handler = {"chat": self.on_chat, "cancel": self.on_cancel, "resume": self.on_resume}.get(
-            kind if isinstance(kind, str) else ""
-        )
+        handler = {
+            "chat": self.on_chat,
+            "regenerate": self.on_regenerate,
+            "edit": self.on_edit,
+            "cancel": self.on_cancel,
+            "resume": self.on_resume,
+        }.get(kind if isinstance(kind, str) else "")
         try:
             if handler is None:
                 raise InvalidRequest(
-                    {"type": ["Expected an object with type 'chat', 'cancel' or 'resume'."]}
+                    {
+                        "type": [
+                            "Expected an object with type 'chat', 'regenerate', 'edit', "
+                            "'cancel' or 'resume'."
+                        ]
+                    }
                 )
             if not await self._recheck(kind):
                 return
@@ -202,9 +218,41 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             )
 
     async def on_chat(self, content: dict[str, Any]) -> None:
+        await self._turn(content, None)
+
+    async def on_regenerate(self, content: dict[str, Any]) -> None:
+        await self._turn(content, "regenerate")
+
+    async def on_edit(self, content: dict[str, Any]) -> None:
+        await self._turn(content, "edit")
+
+    async def _turn(self, content: dict[str, Any], steer_kind: str | None) -> None:
+        """Start a turn (or follow the one an ``idempotency_key`` names) on this socket."""
         self._check_idle()
-        payload = {key: value for key, value in content.items() if key != "type"}
-        turn, provider = await db_run(prepare_turn, user=self.user, payload=payload)
+        key = content.get("idempotency_key")
+        if key is not None and not isinstance(key, str):
+            raise InvalidRequest({"idempotency_key": ["Expected a string."]})
+        skip = {"type", "idempotency_key"}
+        steer = None
+        if steer_kind is not None:
+            skip.add("message_id")
+            message_id = parse_uuid(content.get("message_id"))
+            if message_id is None:
+                raise InvalidRequest({"message_id": ["A valid message id is required."]})
+            steer = (steer_kind, message_id)
+        payload = {k: v for k, v in content.items() if k not in skip}
+        turn, provider = await db_run(
+            prepare_turn, user=self.user, payload=payload, steer=steer, idempotency_key=key
+        )
+        if isinstance(turn, ExistingTurn):
+            message = await db_run(
+                selectors.message_get, user=self.user, message_id=turn.message_id
+            )
+            events = reply_follow(
+                user_pk=self.user_pk, message=message, last_event_id=0, transport="ws"
+            )
+            self._start_follower(events, primary=None)
+            return
         generation = start_generation(turn, provider)
         self._start_follower(iter_events(generation), primary=generation)
 

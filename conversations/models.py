@@ -120,6 +120,9 @@ class Message(models.Model):
     reply_to = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replies"
     )
+    # The title this reply's turn generated for its conversation (its ``title`` event,
+    # replayed on resume); empty when the turn made none.
+    generated_title = models.CharField(max_length=200, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -61,9 +61,11 @@ def message_get(*, user: AbstractBaseUser, message_id: object) -> Message:
 
 
 def history_for_model(*, conversation: Conversation, limit: int) -> list[Message]:
-    """The last ``limit`` finished messages with text, oldest first (what the model sees)."""
+    """The last ``limit`` finished messages with text, oldest first (what the model sees);
+    superseded messages never (docs/api.md#regenerate-and-edit)."""
     qs = (
-        conversation.messages.exclude(content="")
+        conversation.messages.filter(superseded=False)
+        .exclude(content="")
         .exclude(status=Message.Status.STREAMING)
         .order_by("-created_at", "-id")[:limit]
     )

@@ -193,3 +193,27 @@ class ChatTurnInputSerializer(serializers.Serializer):
             field = "message" if has_message else "messages"
             raise serializers.ValidationError({field: ["The message must not be blank."]})
         return attrs
+
+
+class RegenerateInputSerializer(serializers.Serializer):
+    """The optional body of ``POST /api/v1/messages/{id}/regenerate``
+    (docs/api.md#regenerate-and-edit): a route to try first."""
+
+    model = StrictCharField(required=False, allow_null=True, max_length=200)
+
+    def validate_model(self, value: str | None) -> Route | None:
+        try:
+            return route_choice(value)
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+
+class EditInputSerializer(RegenerateInputSerializer):
+    """The body of ``POST /api/v1/messages/{id}/edit`` (docs/api.md#regenerate-and-edit)."""
+
+    content = StrictCharField(min_length=1, max_length=MAX_USER_CONTENT, trim_whitespace=False)
+
+    def validate_content(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("The message must not be blank.")
+        return value

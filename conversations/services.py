@@ -76,8 +76,11 @@ def context_delete(*, context: Context) -> None:
 
 
 def conversation_update(*, conversation: Conversation, title: str) -> Conversation:
+    """Rename a conversation; a generated title never overwrites it afterwards
+    (docs/api.md#titles)."""
     conversation.title = title
-    conversation.save(update_fields=["title", "updated_at"])
+    conversation.title_set_by_user = True
+    conversation.save(update_fields=["title", "title_set_by_user", "updated_at"])
     return conversation
 
 

@@ -45,6 +45,18 @@ class ReplyOutcome:
     failed_attempts: list[tuple[str, str, str, Usage | None]] = field(default_factory=list)
     #: The route of the flow extraction (``AI_SYSTEM_ROUTE``); ``None``: the reply's.
     extraction_route: tuple[str, str] | None = None
+    #: The title the turn gave its conversation, as stored (docs/api.md#titles); "" if none.
+    title: str = ""
+
+
+@dataclass(slots=True)
+class TitleCall:
+    """The title call of a conversation's first turn: the title it proposed (\"\" for none),
+    its usage, and its error code if it failed."""
+
+    title: str = ""
+    usage: Usage | None = None
+    error: str = ""
 
 
 def reply_tokens_charged(outcome: ReplyOutcome) -> int:
@@ -79,6 +91,7 @@ def turn_finish(
     extraction_usage: Usage | None,
     extraction_error: str = "",
     updates: Sequence[FlowUpdate] = (),
+    title_call: TitleCall | None = None,
 ) -> tuple[AppliedFlows, dict[str, Any]]:
     """The turn's last write, in one transaction: the reply's final text, status and usage,
     the extracted flows and the changes to the context's flows (each with its event, source
@@ -90,6 +103,10 @@ def turn_finish(
     was taken in an earlier one. The ledger says what was really charged: nothing when the
     reservation was closed already. Returns the stored and changed flows and the quota
     afterwards.
+
+    A ``title_call`` (a conversation's first turn) names the conversation, unless its user
+    set a title meanwhile (docs/api.md#titles), and is charged and recorded as its own
+    ledger line; ``outcome.title`` says what was stored.
 
     The reply is finished only if it is still ``streaming``: one the stale-reply sweeper
     marked ``interrupted`` meanwhile (its heartbeat stalled) keeps that verdict, and one
@@ -107,6 +124,8 @@ def turn_finish(
     for provider, model, _code, usage in outcome.failed_attempts:
         if usage is not None:
             priced(usage, provider=provider, model=model, at=now)
+    if title_call is not None and title_call.usage is not None:
+        priced(title_call.usage, provider=extractor[0], model=extractor[1], at=now)
     with transaction.atomic():
         finished = sql.update(
             Message,
@@ -135,6 +154,7 @@ def turn_finish(
                 outcome=outcome,
                 extraction_usage=extraction_usage,
                 extraction_error=extraction_error,
+                title_call=title_call,
             )
         flows = flows_apply_extraction(
             user_id=message.user_id,
@@ -145,9 +165,20 @@ def turn_finish(
             updates=updates,
         )
         extraction = _extraction_used(extraction_usage, extraction_error)
-        tokens = reply_tokens_charged(outcome) + (extraction.total if extraction else 0)
-        # The real cost of both calls: the ledger's cost lines of the turn, summed.
-        cost = outcome.usage.cost + (extraction.cost if extraction else 0)
+        titling = _title_used(title_call)
+        if title_call is not None and title_call.title and outcome.status == "complete":
+            outcome.title = _title_store(turn, title_call.title, now)
+        tokens = (
+            reply_tokens_charged(outcome)
+            + (extraction.total if extraction else 0)
+            + (titling.total if titling else 0)
+        )
+        # The real cost of the calls: the ledger's cost lines of the turn, summed.
+        cost = (
+            outcome.usage.cost
+            + (extraction.cost if extraction else 0)
+            + (titling.cost if titling else 0)
+        )
         settled = reservation_close_locked(
             user=message.user,
             reservation_id=turn.reservation_id,
@@ -166,9 +197,31 @@ def turn_finish(
                 extraction_error=extraction_error,
                 charged=charged,
                 links=(message.conversation.context, message.conversation, message),
+                title_call=title_call,
             )
         )
         return flows, settled.quota if settled is not None else quota_snapshot(user=message.user)
+
+
+def _title_used(title_call: TitleCall | None) -> Usage | None:
+    """The title call's usage if one ran (an error counts as one that used nothing)."""
+    if title_call is None:
+        return None
+    return _extraction_used(title_call.usage, title_call.error)
+
+
+def _title_store(turn: PreparedTurn, title: str, now: Any) -> str:
+    """Name the conversation ``title`` unless its user set one (in the turn's finish
+    transaction); the reply keeps it for its ``title`` event. Returns what was stored."""
+    named = sql.update(
+        Conversation,
+        {"title": title, "updated_at": now},
+        {"id": turn.conversation_id, "title_set_by_user": False},
+    )
+    if not named:
+        return ""
+    sql.update(Message, {"generated_title": title}, {"id": turn.assistant_message.pk})
+    return title
 
 
 def _extraction_used(usage: Usage | None, error: str) -> Usage | None:
@@ -185,9 +238,11 @@ def _ledger_lines(
     extraction_error: str,
     charged: bool,
     links: tuple[Context | None, Conversation | None, Message | None],
+    title_call: TitleCall | None = None,
 ) -> list[UsageRecord]:
-    """The usage ledger's lines of a turn: the reply's and, if one ran, the extraction's;
-    ``charged`` says whether their tokens were counted against the quota."""
+    """The usage ledger's lines of a turn: the reply's, failed routes' attempts, and, if
+    they ran, the extraction's and the title's (both on the system route); ``charged``
+    says whether their tokens were counted against the quota."""
     message = turn.assistant_message
     context, conversation, stored = links
     common = {
@@ -252,6 +307,25 @@ def _ledger_lines(
                 error_code=extraction_error,
             )
         )
+    titling = _title_used(title_call)
+    if title_call is not None and titling is not None:
+        titler = outcome.extraction_route or (message.provider, message.model)
+        lines.append(
+            usage_record_build(
+                **{**common, "provider": titler[0], "model": titler[1]},
+                purpose="title",
+                input_tokens=titling.input_tokens,
+                output_tokens=titling.output_tokens,
+                cache_read_tokens=titling.cache_read_tokens,
+                cache_write_tokens=titling.cache_write_tokens,
+                estimated=titling.estimated,
+                cost=titling.cost,
+                currency=titling.currency,
+                tokens_charged=titling.total if charged else 0,
+                outcome="failed" if title_call.error else "complete",
+                error_code=title_call.error,
+            )
+        )
     return lines
 
 
@@ -261,6 +335,7 @@ def _turn_lost(
     outcome: ReplyOutcome,
     extraction_usage: Usage | None,
     extraction_error: str,
+    title_call: TitleCall | None = None,
 ) -> dict[str, Any]:
     """Finish a turn whose reply is no longer ``streaming`` (in the caller's transaction);
     the quota afterwards.
@@ -308,6 +383,7 @@ def _turn_lost(
             extraction_error=extraction_error,
             charged=False,
             links=links,
+            title_call=title_call,
         )
     )
     logger.warning(

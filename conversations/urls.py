@@ -26,4 +26,10 @@ urlpatterns = [
     path("messages/<uuid:pk>/", apis.MessageDetailApi.as_view(), name="message-detail"),
     path("messages/<uuid:pk>/stream", stream_views.message_stream, name="message-stream"),
     path("messages/<uuid:pk>/cancel", stream_views.message_cancel, name="message-cancel"),
+    path(
+        "messages/<uuid:pk>/regenerate",
+        stream_views.message_regenerate,
+        name="message-regenerate",
+    ),
+    path("messages/<uuid:pk>/edit", stream_views.message_edit, name="message-edit"),
 ]

@@ -52,8 +52,18 @@ CATALOG: dict[str, ErrorKind] = {
             "conversation_busy", 409, True, "A reply is already streaming into this conversation."
         ),
         ErrorKind("busy", 409, True, "A stream is already running on this socket."),
+        ErrorKind(
+            "not_latest_reply", 409, False, "Only the conversation's last reply can be regenerated."
+        ),
+        ErrorKind("message_superseded", 409, False, "This message was replaced by a newer one."),
         ErrorKind("payload_too_large", 413, False, "The body is too large."),
         ErrorKind("unsupported_media_type", 415, False, "Send the body as application/json."),
+        ErrorKind(
+            "idempotency_key_reused",
+            422,
+            False,
+            "This Idempotency-Key was used with a different request.",
+        ),
         ErrorKind("quota_exceeded", 429, True, "You have used your quota for this period."),
         ErrorKind("too_many_streams", 429, True, "Too many streams are open."),
         ErrorKind("too_many_sockets", 429, True, "Too many sockets are open."),

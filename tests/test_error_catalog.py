@@ -70,7 +70,7 @@ def test_only_an_unreachable_database_is_503(exc, code, status):
 async def test_the_chat_view_answers_a_database_failure_by_its_kind(
     transactional_db, monkeypatch, exc, status, code
 ):
-    def failing(request):  # type: ignore[no-untyped-def]
+    def failing(*args):  # type: ignore[no-untyped-def]
         raise exc
 
     monkeypatch.setattr(views, "_prepare", failing)

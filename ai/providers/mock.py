@@ -119,6 +119,33 @@ _TODAY = re.compile(r"date is (\d{4}-\d{2}-\d{2})\b|\b(\d{4}-\d{2}-\d{2})\b")
 _USER_BLOCK = re.compile(r'<message role="user">\n?(.*?)\n?</message>', re.DOTALL)
 _DELTA = re.compile(r"\s*\S+|\s+")
 
+_HOOK_ANY = re.compile(r"\[\[mock:[^\]]*\]\]")
+_HOOK_TITLE_FAIL = "[[mock:title-fail]]"
+_TITLE_WORDS = 6
+
+
+def mock_title(transcript: str) -> str:
+    """The mock's title: the first six words of the first user message (hooks and
+    punctuation at the ends removed), first letter upper case; deterministic."""
+    users = _USER_BLOCK.findall(transcript)
+    words = _HOOK_ANY.sub(" ", users[0] if users else transcript).split()[:_TITLE_WORDS]
+    title = " ".join(words).strip(" .,!?;:")
+    return title[:1].upper() + title[1:]
+
+
+def _title_result(system: str, transcript: str) -> StructuredResult:
+    if _HOOK_TITLE_FAIL in transcript:
+        raise AIUnavailable()
+    title = mock_title(transcript)
+    return StructuredResult(
+        payload={"title": title},
+        usage=Usage(
+            input_tokens=estimate_tokens(system) + estimate_tokens(transcript),
+            output_tokens=estimate_tokens(title) + 4,
+        ),
+    )
+
+
 # --- rule-based task finding ---------------------------------------------------------------
 _TRIGGER = re.compile(
     r"(?:\b(?:i\s+(?:really\s+)?(?:need|have|got)\s+to|i've\s+got\s+to|i\s+must|"
@@ -451,7 +478,10 @@ class MockProvider:
         schema_name: str,
     ) -> StructuredResult:
         """Rule-based extraction from the transcript's user messages and its listed flows
-        (``{"flows": [...], "updated": [...]}``)."""
+        (``{"flows": [...], "updated": [...]}``); for a ``conversation_title`` schema,
+        :func:`mock_title`."""
+        if schema_name == "conversation_title":
+            return _title_result(system, transcript)
         if _HOOK_EXTRACT_FAIL in transcript:
             raise AIUnavailable()
         await asyncio.sleep(0)

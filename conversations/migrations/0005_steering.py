@@ -34,6 +34,11 @@ class Migration(migrations.Migration):
             name="superseded",
             field=models.BooleanField(default=False),
         ),
+        migrations.AddField(
+            model_name="message",
+            name="generated_title",
+            field=models.CharField(blank=True, default="", max_length=200),
+        ),
         migrations.CreateModel(
             name="IdempotencyKey",
             fields=[

@@ -191,11 +191,14 @@ def trailing_events(
     provider: str = "",
     model: str = "",
     updated: list[dict[str, Any]] | None = None,
+    title: str = "",
+    conversation_id: str = "",
 ) -> list[Trailing]:
     """The events after ``typing`` stop, by how the reply ended (live and replayed alike).
 
     complete: ``flows_extracted`` (the new ``flows`` and the ``updated`` ones:
-    docs/api.md#flow-extraction) then ``done``; cancelled: ``done``; otherwise ``error``.
+    docs/api.md#flow-extraction), ``title`` when the turn named its conversation
+    (docs/api.md#titles), then ``done``; cancelled: ``done``; otherwise ``error``.
     ``done`` names the ``provider`` and ``model`` that wrote the reply
     (docs/api.md#routing).
     """
@@ -209,8 +212,11 @@ def trailing_events(
             "provider": provider,
             "model": model,
         }
-        extracted = {"flows": flows, "updated": updated or []}
-        return [("flows_extracted", extracted), ("done", done)]
+        events: list[Trailing] = [("flows_extracted", {"flows": flows, "updated": updated or []})]
+        if title:
+            events.append(("title", {"conversation_id": conversation_id, "title": title}))
+        events.append(("done", done))
+        return events
     if status == Message.Status.CANCELLED:
         done = {
             "message_id": message_id,

@@ -44,6 +44,10 @@ def stored_metadata(message: Message) -> dict[str, Any]:
     """The ``metadata`` event of a stored reply."""
     conversation = message.conversation
     user_message = (
+        Message.objects.filter(pk=message.reply_to_id).only("id").first()
+        if message.reply_to_id
+        else None
+    ) or (
         Message.objects.filter(
             conversation=conversation, role=Message.Role.USER, created_at__lte=message.created_at
         )
@@ -96,6 +100,8 @@ def stored_trailing(message: Message) -> list[Trailing]:
             provider=message.provider,
             model=message.model,
             updated=updated,
+            title=message.generated_title,
+            conversation_id=str(message.conversation_id),
         ),
     ]
 

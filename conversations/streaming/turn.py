@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import time
-from typing import Any
+import uuid
+from typing import Any, Literal
 
 from django.conf import settings
 from django.utils import timezone
@@ -38,12 +41,17 @@ from ai.routing import (
     system_provider,
     system_route,
 )
+from ai.titles import title_generate
 from conversations.models import Message
-from conversations.serializers import ChatTurnInputSerializer
+from conversations.serializers import (
+    ChatTurnInputSerializer,
+    EditInputSerializer,
+    RegenerateInputSerializer,
+)
 from conversations.streaming.events import TYPING_STOP, failover_data, trailing_events
 from conversations.streaming.live import WORKER_ID, Generation, TurnResult, registry
-from conversations.turn_finish import ReplyOutcome, turn_finish
-from conversations.turn_start import PreparedTurn, TurnRequest, turn_prepare
+from conversations.turn_finish import ReplyOutcome, TitleCall, turn_finish
+from conversations.turn_start import ExistingTurn, PreparedTurn, TurnRequest, turn_prepare
 from core import metrics
 from core.db import db_run
 from core.errors import InvalidRequest, ServiceError
@@ -68,13 +76,53 @@ def metadata_for(turn: PreparedTurn, provider: Provider) -> dict[str, Any]:
     }
 
 
-def prepare_turn(*, user: Any, payload: dict[str, Any]) -> tuple[PreparedTurn, Provider]:
+#: What a turn does: a new message, or a regenerate / an edit of a stored one.
+Steer = tuple[Literal["regenerate", "edit"], uuid.UUID]
+IDEMPOTENCY_KEY_MAX = 255
+
+
+def idempotency_of(
+    key: str | None, *, payload: dict[str, Any], steer: Steer | None
+) -> tuple[str, str] | None:
+    """``(key, request hash)`` of an ``Idempotency-Key`` (docs/api.md#idempotency), or
+    ``None`` without one; 400 naming ``Idempotency-Key`` for an empty, too long or
+    non-printable key. The hash covers what the request asks (the route and the body), so
+    the same key with another request is told apart (422)."""
+    if key is None:
+        return None
+    if not key or len(key) > IDEMPOTENCY_KEY_MAX or not key.isprintable() or not key.isascii():
+        raise InvalidRequest(
+            {"Idempotency-Key": [f"Use 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters."]}
+        )
+    what = {"steer": [steer[0], str(steer[1])] if steer else None, "body": payload}
+    canonical = json.dumps(what, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return key, hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def prepare_turn(
+    *,
+    user: Any,
+    payload: dict[str, Any],
+    steer: Steer | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[PreparedTurn | ExistingTurn, Provider]:
     """Validate a chat body (either shape) and start the turn's records.
 
     Sync, for ``db_run``: raises :class:`ServiceError` (400 naming the fields, 404, 409,
-    429, 503) before anything streams. Shared by the SSE view and the WebSocket consumer.
+    422, 429, 503) before anything streams. Shared by the SSE view and the WebSocket
+    consumer. ``steer`` makes the turn a regenerate (the body may be empty) or an edit
+    (the body is ``{"content"}``) of a stored message (docs/api.md#regenerate-and-edit).
+    With ``idempotency_key``, a retry of a request already made returns its
+    :class:`ExistingTurn` to follow instead.
     """
-    serializer = ChatTurnInputSerializer(data=payload)
+    idempotency = idempotency_of(idempotency_key, payload=payload, steer=steer)
+    serializer = (
+        ChatTurnInputSerializer(data=payload)
+        if steer is None
+        else EditInputSerializer(data=payload)
+        if steer[0] == "edit"
+        else RegenerateInputSerializer(data=payload)
+    )
     if not serializer.is_valid():
         raise InvalidRequest(serializer.errors)
     data = serializer.validated_data
@@ -82,10 +130,10 @@ def prepare_turn(*, user: Any, payload: dict[str, Any]) -> tuple[PreparedTurn, P
     first = routes.first
     provider = provider_for(first.provider, first.model)  # not configured: 503 now
     system = system_route()
-    messages = data.get("messages")
-    turn = turn_prepare(
-        user=user,
-        request=TurnRequest(
+    also_priced = tuple((route.provider, route.model) for route in [*routes.routes[1:], system])
+    if steer is None:
+        messages = data.get("messages")
+        request = TurnRequest(
             context_id=data.get("context_id"),
             conversation_id=data.get("conversation_id"),
             content=data["message"] if messages is None else messages[-1]["content"],
@@ -97,11 +145,30 @@ def prepare_turn(*, user: Any, payload: dict[str, Any]) -> tuple[PreparedTurn, P
             provider=provider.name,
             model=provider.model,
             worker=WORKER_ID,
-            also_priced=tuple(
-                (route.provider, route.model) for route in [*routes.routes[1:], system]
-            ),
-        ),
-    )
+            also_priced=also_priced,
+            idempotency=idempotency,
+        )
+    else:
+        request = TurnRequest(
+            context_id=None,
+            conversation_id=None,
+            content=data.get("content", ""),
+            client_history=None,
+            provider=provider.name,
+            model=provider.model,
+            worker=WORKER_ID,
+            also_priced=also_priced,
+            regenerate=steer[1] if steer[0] == "regenerate" else None,
+            edit=steer[1] if steer[0] == "edit" else None,
+            idempotency=idempotency,
+        )
+    turn = turn_prepare(user=user, request=request)
+    if isinstance(turn, ExistingTurn):
+        logger.info(
+            "turn.idempotent_retry",
+            extra={"user_id": user.pk, "message_id": str(turn.message_id)},
+        )
+        return turn, provider
     turn.routes = routes
     logger.info(
         "turn.start",
@@ -112,6 +179,7 @@ def prepare_turn(*, user: Any, payload: dict[str, Any]) -> tuple[PreparedTurn, P
             "message_id": str(turn.assistant_message.id),
             "history_messages": len(turn.history),
             "provider": provider.name,
+            "steer": steer[0] if steer else "",
         },
     )
     return turn, provider
@@ -241,8 +309,9 @@ async def _store(
     try:
         extractor = _system_provider(provider)
         outcome.extraction_route = (extractor.name, extractor.model)
-        extracted, extraction_usage, extraction_error = await _extract(
-            turn, extractor, outcome.content, outcome.status
+        (extracted, extraction_usage, extraction_error), title_call = await asyncio.gather(
+            _extract(turn, extractor, outcome.content, outcome.status),
+            _title(turn, extractor, outcome.content, outcome.status),
         )
         applied, quota = await db_run(
             turn_finish,
@@ -252,6 +321,7 @@ async def _store(
             updates=extracted.updates,
             extraction_usage=extraction_usage,
             extraction_error=extraction_error,
+            title_call=title_call,
         )
     except Exception as exc:
         logger.error("turn.store_failed", extra=log, exc_info=exc)
@@ -308,6 +378,8 @@ async def _run(generation: Generation, turn: PreparedTurn, provider: Provider) -
         provider=turn.assistant_message.provider,
         model=turn.assistant_message.model,
         updated=updated,
+        title=outcome.title,
+        conversation_id=str(turn.conversation_id),
     ):
         generation.add_trailing(*event)
     generation.result = TurnResult(outcome=outcome, flows=flows, quota=quota, updated=updated)
@@ -390,3 +462,34 @@ async def _extract(
         },
     )
     return extracted, usage, ""
+
+
+async def _title(
+    turn: PreparedTurn, provider: Provider, text: str, status: str
+) -> TitleCall | None:
+    """A title for a conversation's first complete reply (docs/api.md#titles); a failure
+    is a warning, never the turn's error. ``None`` when no title call is due."""
+    if not turn.needs_title or status != Message.Status.COMPLETE:
+        return None
+    exchange = [ChatMessage("user", turn.user_message.content), ChatMessage("assistant", text)]
+    started = time.monotonic()
+    try:
+        title, usage = await asyncio.wait_for(
+            title_generate(provider, messages=exchange), timeout=settings.AI_TIMEOUT_SECONDS
+        )
+    except Exception as exc:
+        code = exc.code if isinstance(exc, AIError) else "internal_error"
+        logger.warning(
+            "turn.title_failed",
+            extra={"message_id": str(turn.assistant_message.id), "code": code},
+        )
+        return TitleCall(error=code)
+    logger.info(
+        "turn.titled",
+        extra={
+            "message_id": str(turn.assistant_message.id),
+            "title_chars": len(title),
+            "duration_ms": int((time.monotonic() - started) * 1000),
+        },
+    )
+    return TitleCall(title=title, usage=usage)

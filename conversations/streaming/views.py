@@ -28,15 +28,16 @@ from django.views.decorators.csrf import csrf_exempt
 
 from accounts.requests import request_user
 from ai.providers.base import Provider
+from ai.quota.selectors import quota_snapshot
 from conversations import selectors
 from conversations.models import Message
-from conversations.serializers import message_to_dict
+from conversations.serializers import message_to_dict, message_usage
 from conversations.streaming.events import error_data, parse_last_event_id, usage_to_dict
 from conversations.streaming.live import Generation, TurnResult, iter_events
 from conversations.streaming.replies import reply_cancel, reply_follow
 from conversations.streaming.transports.sse import event_stream_response
-from conversations.streaming.turn import prepare_turn, start_generation
-from conversations.turn_start import PreparedTurn
+from conversations.streaming.turn import Steer, prepare_turn, start_generation
+from conversations.turn_start import ExistingTurn, PreparedTurn
 from core import metrics
 from core.db import db_run
 from core.errors import (
@@ -46,6 +47,8 @@ from core.errors import (
     database_error,
     error_kind,
 )
+from flows.selectors import flows_of_message
+from flows.serializers import flow_to_dict
 
 logger = logging.getLogger("conversations.turn")
 
@@ -83,10 +86,23 @@ def _parse_body(request: HttpRequest) -> dict[str, Any]:
     return data
 
 
-def _prepare(request: HttpRequest) -> tuple[PreparedTurn, Provider]:
-    """Authenticate, validate, check and store: everything before the first byte."""
+def _prepare(
+    request: HttpRequest, steer: Steer | None = None
+) -> tuple[PreparedTurn | ExistingTurn, Provider, Any]:
+    """Authenticate, validate, check and store: everything before the first byte. An
+    ``Idempotency-Key`` retry returns the first request's turn (and, to follow it, its
+    stored reply as the third item)."""
     user = authenticate(request)
-    return prepare_turn(user=user, payload=_parse_body(request))
+    payload = _parse_body(request) if steer is None or request.body.strip() else {}
+    turn, provider = prepare_turn(
+        user=user,
+        payload=payload,
+        steer=steer,
+        idempotency_key=request.headers.get("Idempotency-Key"),
+    )
+    if isinstance(turn, ExistingTurn):
+        return turn, provider, selectors.message_get(user=user, message_id=turn.message_id)
+    return turn, provider, user
 
 
 async def _db(func: Callable[..., T], *args: Any) -> T:
@@ -138,14 +154,89 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
     refused = _check_body_limits(request)
     if refused is not None:
         return refused
+    return await _turn_response(request, None)
+
+
+@csrf_exempt
+async def message_regenerate(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
+    """POST /api/v1/messages/{id}/regenerate: a new reply to the same user message
+    (docs/api.md#regenerate-and-edit), streamed like a chat turn. The body is optional."""
+    if request.method != "POST":
+        return _method_not_allowed("POST")
+    if request.body.strip():
+        refused = _check_body_limits(request)
+        if refused is not None:
+            return refused
+    return await _turn_response(request, ("regenerate", pk))
+
+
+@csrf_exempt
+async def message_edit(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
+    """POST /api/v1/messages/{id}/edit ``{"content"}``: replace a user message and what
+    followed it, and stream the reply to the new text (docs/api.md#regenerate-and-edit)."""
+    if request.method != "POST":
+        return _method_not_allowed("POST")
+    refused = _check_body_limits(request)
+    if refused is not None:
+        return refused
+    return await _turn_response(request, ("edit", pk))
+
+
+async def _turn_response(request: HttpRequest, steer: Steer | None) -> HttpResponse:
+    """Start (or, for an ``Idempotency-Key`` retry, follow) a turn and answer it."""
     try:
-        turn, provider = await _db(_prepare, request)
+        turn, provider, extra = await _db(_prepare, request, steer)
     except ServiceError as exc:
         return _refuse(exc)
+    if isinstance(turn, ExistingTurn):
+        return await _follow_existing(request, extra)
     generation = start_generation(turn, provider)
     if wants_event_stream(request):
         return event_stream_response(iter_events(generation), on_disconnect=generation.client_gone)
     return await _json_reply(turn, generation)
+
+
+async def _follow_existing(request: HttpRequest, message: Message) -> HttpResponse:
+    """Answer an ``Idempotency-Key`` retry with the first request's turn: its stream from
+    the start (live or stored), or, for a JSON client, its document once it has ended."""
+    try:
+        events = reply_follow(
+            user_pk=message.user_id, message=message, last_event_id=0, transport="sse"
+        )
+    except ServiceError as exc:
+        return _refuse(exc)
+    if wants_event_stream(request):
+        return event_stream_response(events)
+    async for _event in events:  # the turn's end, wherever it runs
+        pass
+    document, status = await db_run(_stored_turn_document, message.user_id, message.id)
+    return JsonResponse(document, status=status)
+
+
+def _stored_turn_document(user_id: int, message_id: uuid.UUID) -> tuple[dict, int]:
+    """The JSON answer of a finished turn, from what is stored, and its status."""
+    message = Message.objects.select_related("user").get(pk=message_id, user_id=user_id)
+    user = message.user
+    question = selectors.message_get(user=user, message_id=message.reply_to_id)
+    document = {**message_to_dict(message), "usage": message_usage(message)}
+    if message.status in (Message.Status.COMPLETE, Message.Status.CANCELLED):
+        return {
+            "conversation_id": str(message.conversation_id),
+            "user_message": message_to_dict(question),
+            "message": document,
+            "flows": [flow_to_dict(flow) for flow in flows_of_message(message_id=message.id)]
+            if message.status == Message.Status.COMPLETE
+            else [],
+            "quota": quota_snapshot(user=user),
+        }, 200
+    error = error_data(message.error_code or "internal_error", message.error_retryable)
+    return {
+        "detail": error["message"],
+        "code": error["code"],
+        "retryable": error["retryable"],
+        "conversation_id": str(message.conversation_id),
+        "message": document,
+    }, error_kind(error["code"]).status
 
 
 def turn_document(turn: PreparedTurn, result: TurnResult) -> dict[str, Any]:

@@ -114,7 +114,7 @@ async def test_a_finish_that_fails_releases_the_reservation_at_once(user, monkey
     outcome = ReplyOutcome(
         status="complete", finish_reason="stop", content="Hello", usage=Usage(3, 2)
     )
-    flows, _quota = await turn_module._store(turn, get_provider(), outcome, log={})
+    flows, _quota, _updated = await turn_module._store(turn, get_provider(), outcome, log={})
     assert flows == [] and outcome.status == "failed" and outcome.error_code == "internal_error"
     reservation = await Reservation.objects.aget(pk=turn.reservation_id)
     assert reservation.status == "released"

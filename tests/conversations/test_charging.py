@@ -22,6 +22,7 @@ from ai.prompts import model_prompt_tokens
 from ai.providers import anthropic as anthropic_adapter
 from ai.providers import openai as openai_adapter
 from ai.providers.base import ChatMessage, Usage
+from ai.titles import title_reservation_tokens
 from conversations.models import Message
 from conversations.streaming.turn import prepare_turn
 from conversations.turn_finish import ReplyOutcome, turn_finish
@@ -152,11 +153,22 @@ def test_the_reservation_holds_the_reply_and_the_flow_extraction(settings) -> No
     assert held == turn.reserved[0]
 
 
-def test_without_extraction_only_the_reply_is_reserved(settings) -> None:
+def test_without_extraction_only_the_reply_and_the_title_are_reserved(settings) -> None:
     settings.FLOWS_EXTRACTION_ENABLED = False
     user = factories.make_user("noextract")
     turn = start_turn(user)
-    assert turn.reserved is not None
+    assert turn.reserved is not None and turn.needs_title  # a new conversation's first turn
+    expected = model_prompt_tokens(turn.system, turn.history) + settings.AI_MAX_OUTPUT_TOKENS
+    title = title_reservation_tokens(turn.history, reply_max_tokens=settings.AI_MAX_OUTPUT_TOKENS)
+    assert turn.reserved[0] == expected + title
+
+
+def test_without_titles_only_the_reply_is_reserved(settings) -> None:
+    settings.FLOWS_EXTRACTION_ENABLED = False
+    settings.CHAT_TITLES_ENABLED = False
+    user = factories.make_user("notitle")
+    turn = start_turn(user)
+    assert turn.reserved is not None and not turn.needs_title
     expected = model_prompt_tokens(turn.system, turn.history) + settings.AI_MAX_OUTPUT_TOKENS
     assert turn.reserved[0] == expected
 

@@ -79,6 +79,7 @@ def test_the_reservation_is_for_the_prompt_the_model_sees(user, settings):
     added to the system prompt: the reservation counts that, not the history as sent."""
     settings.AI_MAX_OUTPUT_TOKENS = 100
     settings.FLOWS_EXTRACTION_ENABLED = False  # its share: see test_charging.py
+    settings.CHAT_TITLES_ENABLED = False  # its share: see test_charging.py
     context = factories.make_context(user, instructions="Be brief.")
     client_context = "The user is on a phone. " * 20
     turn, _provider = prepare_turn(

@@ -56,7 +56,7 @@ def test_resume_on_the_other_process_live(pair, alice):
     message = Message.objects.get(pk=message_id)
     assert message.status == "complete"
     assert partial.text() + resumed.text() == message.content
-    assert resumed.names()[-3:] == ["typing", "flows_extracted", "done"]
+    assert resumed.names()[-4:] == ["typing", "flows_extracted", "title", "done"]
     assert "metadata" not in resumed.names()
     ids = [int(e.id) for e in partial.events + resumed.events]
     assert ids == sorted(ids) and len(ids) == len(set(ids))

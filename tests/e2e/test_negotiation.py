@@ -20,7 +20,7 @@ from django.core.management import call_command
 from tests import factories
 from tests.sse_client import raw_post
 
-EVENT_ORDER_TAIL = ["typing", "flows_extracted", "done"]
+EVENT_ORDER_TAIL = ["typing", "flows_extracted", "title", "done"]
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def test_streams_unless_json_is_preferred(daphne, alice, accept):
     assert " 200 " in head.splitlines()[0]
     assert "content-type: text/event-stream" in head
     names = sse_event_names(read.body.decode())
-    assert names[0] == "metadata" and names[-3:] == EVENT_ORDER_TAIL
+    assert names[0] == "metadata" and names[-4:] == EVENT_ORDER_TAIL
 
 
 def test_preferring_json_gets_one_document(daphne, alice):
@@ -89,7 +89,7 @@ def test_the_printed_demo_curl_line_streams(daphne, transactional_db):
     head, _, body = completed.stdout.decode().partition("\r\n\r\n")
     assert "content-type: text/event-stream" in head.lower()
     names = sse_event_names(body)
-    assert names[0] == "metadata" and names[-3:] == EVENT_ORDER_TAIL
+    assert names[0] == "metadata" and names[-4:] == EVENT_ORDER_TAIL
     flows = json.loads(
         next(
             line[len("data: ") :]

@@ -123,7 +123,7 @@ def test_reply_streams_through_nginx_unbuffered(cluster, alice):
     assert chunk_pieces > 20, f"only {chunk_pieces} separate arrivals carried chunks"
 
     events = sse_events(read.body)
-    assert [e["event"] for e in events][-3:] == ["typing", "flows_extracted", "done"]
+    assert [e["event"] for e in events][-4:] == ["typing", "flows_extracted", "title", "done"]
     message = Message.objects.get(pk=events[0]["data"]["message_id"])
     text = "".join(e["data"]["content"] for e in events if e["event"] == "chunk")
     assert message.status == "complete" and message.content == text
@@ -149,7 +149,7 @@ def test_resume_lands_on_the_other_daphne_without_gap_or_duplicate(cluster, alic
     assert message.status == "complete"
     assert partial.text() + resumed.text() == message.content
     assert "metadata" not in resumed.names()
-    assert resumed.names()[-3:] == ["typing", "flows_extracted", "done"]
+    assert resumed.names()[-4:] == ["typing", "flows_extracted", "title", "done"]
     ids = [int(e.id) for e in partial.events + resumed.events]
     assert ids == sorted(ids) and len(ids) == len(set(ids))
     assert len([e for e in resumed.events if e.event == "chunk"]) > 5  # live, relayed

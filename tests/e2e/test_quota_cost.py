@@ -53,6 +53,8 @@ def test_a_priced_turn_is_charged_its_cost_and_the_next_is_refused_naming_cost(
             AI_MODEL="gpt-4o-mini",
             AI_MAX_RETRIES="0",
             AI_TIMEOUT_SECONDS="5",
+            CHAT_TITLES_ENABLED="false",  # the reply and extraction prices only (titles:
+            # tests/e2e/test_steering.py)
             AI_MAX_OUTPUT_TOKENS="1000",
             OPENAI_API_KEY="sk-test-quota-cost",
             OPENAI_BASE_URL=fake.base_url,

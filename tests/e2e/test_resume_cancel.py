@@ -55,7 +55,7 @@ def test_resume_after_completion_from_every_point(server, alice):
     assert full.text() == content
     whole = resume(server, token, message_id)
     assert whole.names()[:2] == ["metadata", "typing"] and whole.text() == content
-    assert whole.names()[-3:] == ["typing", "flows_extracted", "done"]
+    assert whole.names()[-4:] == ["typing", "flows_extracted", "title", "done"]
     # From every event id the client may hold: exactly the rest, trailing events once.
     for index, event in enumerate(full.events):
         rest = resume(server, token, message_id, last=event.id, query=index % 2 == 0)

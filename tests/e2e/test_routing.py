@@ -64,6 +64,7 @@ def env_for(openai_url: str, anthropic_url: str, **extra: str) -> dict[str, str]
         "AI_TIMEOUT_SECONDS": "2",
         "AI_MAX_RETRIES": "0",
         "FLOWS_EXTRACTION_ENABLED": "false",
+        "CHAT_TITLES_ENABLED": "false",  # only reply calls reach the fakes here
         "AI_BREAKER_FAILURES": "1000",
         **extra,
     }

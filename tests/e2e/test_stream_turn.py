@@ -21,7 +21,7 @@ from tests.sse_client import raw_post, stream
 pytestmark = pytest.mark.e2e
 
 EXPECTED_ORDER_HEAD = ["metadata", "typing"]
-EXPECTED_ORDER_TAIL = ["typing", "flows_extracted", "done"]
+EXPECTED_ORDER_TAIL = ["typing", "flows_extracted", "title", "done"]
 
 
 @pytest.fixture
@@ -54,10 +54,10 @@ def test_event_order_ids_persistence_quota_and_flows(daphne, alice):
 
     names = result.names()
     assert names[:2] == EXPECTED_ORDER_HEAD
-    assert names[-3:] == EXPECTED_ORDER_TAIL
-    assert set(names[2:-3]) == {"chunk"} and len(names) > 8
+    assert names[-4:] == EXPECTED_ORDER_TAIL
+    assert set(names[2:-4]) == {"chunk"} and len(names) > 8
     assert result.events[1].data["status"] == "start"
-    assert result.events[-3].data["status"] == "stop"
+    assert result.events[-4].data["status"] == "stop"
     ids = [int(e.id) for e in result.events]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert all(e.data["type"] == e.event for e in result.events)
@@ -90,7 +90,11 @@ def test_event_order_ids_persistence_quota_and_flows(daphne, alice):
     assert after.requests_reserved == 0 and after.tokens_reserved == 0
     assert done["quota"]["requests_used"] == after.requests_used
     assert not Reservation.objects.filter(status="held").exists()
-    assert set(UsageRecord.objects.values_list("purpose", flat=True)) == {"reply", "extraction"}
+    assert set(UsageRecord.objects.values_list("purpose", flat=True)) == {
+        "reply",
+        "extraction",
+        "title",
+    }
 
     flows = result.first("flows_extracted").data["flows"]
     assert sorted(f["title"] for f in flows) == ["Book a flight", "Call the client"]
@@ -257,7 +261,7 @@ def test_extraction_failure_still_ends_with_done(daphne, alice):
         token=token,
         json_body=body_for(context, "I need to call Bob [[mock:extract-fail]]"),
     )
-    assert result.names()[-2:] == ["flows_extracted", "done"]
+    assert result.names()[-3:] == ["flows_extracted", "title", "done"]
     assert result.first("flows_extracted").data["flows"] == []
     assert UsageRecord.objects.filter(purpose="extraction", outcome="failed").exists()
 

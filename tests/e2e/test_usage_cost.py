@@ -45,6 +45,8 @@ def test_a_turn_with_cached_prompt_tokens_is_priced_by_kind(daphne_factory, tran
             AI_MODEL="gpt-4o-mini",
             AI_MAX_RETRIES="0",
             AI_TIMEOUT_SECONDS="5",
+            CHAT_TITLES_ENABLED="false",  # the reply and extraction prices only (titles:
+            # tests/e2e/test_steering.py)
             OPENAI_API_KEY="sk-test-usage-cost",
             OPENAI_BASE_URL=fake.base_url,
         )

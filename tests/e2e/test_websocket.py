@@ -101,9 +101,9 @@ def test_chat_event_order_ids_text_and_flows(daphne, alice):
 
     names = [e["type"] for e in events]
     assert names[:2] == ["metadata", "typing"]
-    assert names[-3:] == ["typing", "flows_extracted", "done"]
-    assert set(names[2:-3]) == {"chunk"} and len(names) > 8
-    assert events[1]["status"] == "start" and events[-3]["status"] == "stop"
+    assert names[-4:] == ["typing", "flows_extracted", "title", "done"]
+    assert set(names[2:-4]) == {"chunk"} and len(names) > 8
+    assert events[1]["status"] == "start" and events[-4]["status"] == "stop"
     ids = [e["id"] for e in events]
     assert all(isinstance(i, int) for i in ids)
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
@@ -116,7 +116,7 @@ def test_chat_event_order_ids_text_and_flows(daphne, alice):
     done = events[-1]
     assert done["finish_reason"] == "stop" and done["message_id"] == str(message.id)
     assert done["usage"]["output_tokens"] == message.output_tokens
-    titles = sorted(f["title"] for f in events[-2]["flows"])
+    titles = sorted(f["title"] for f in events[-3]["flows"])
     assert titles == ["Book a flight", "Call the client"]
     stored = Flow.objects.filter(context=context, source_message=message)
     assert sorted(stored.values_list("title", flat=True)) == titles
@@ -360,7 +360,7 @@ def test_resume_after_disconnect_live_and_stored(daphne, alice):
         ws.send(json.dumps({"type": "resume", "message_id": message_id}))
         replay = read_stream(ws)
     assert [e["type"] for e in replay[:2]] == ["metadata", "typing"]
-    assert [e["type"] for e in replay[-3:]] == ["typing", "flows_extracted", "done"]
+    assert [e["type"] for e in replay[-4:]] == ["typing", "flows_extracted", "title", "done"]
     assert text_of(replay) == message.content
     assert replay[-1]["id"] == rest[-1]["id"]
     after = _metrics(daphne)
