@@ -252,9 +252,10 @@ async def iter_events(generation: Generation, *, last_event_id: int = 0) -> Asyn
     """
     cursor = Cursor(last_event_id)
     failovers = generation.failovers
-    for event in cursor.preamble(generation.metadata, failovers):
+    preamble = cursor.preamble(generation.metadata, failovers)
+    failovers_sent = len(failovers)  # counted before yielding: one may come meanwhile
+    for event in preamble:
         yield event
-    failovers_sent = len(failovers)
     parts = generation.parts
     index = position = 0
     if cursor.offset:  # a resume: what the client lacks of the text so far, as one chunk

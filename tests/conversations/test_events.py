@@ -21,6 +21,7 @@ from ai.providers.base import Usage
 from conversations.models import Message
 from conversations.streaming.events import (
     CHUNK,
+    KEEPALIVE_EVENT,
     TYPING_STOP,
     Cursor,
     Event,
@@ -268,3 +269,47 @@ async def test_a_silent_owner_hands_the_cursor_back_to_the_database(settings):
     with pytest.raises(RelayLost):
         await collect(follow_remote(message_id=uuid.uuid4(), worker="nobody-home", cursor=cursor))
     assert (cursor.offset, cursor.last_event_id) == (3, 5)
+
+
+# --- failover events (docs/api.md#routing) ---------------------------------------------------
+
+FAILOVER = {
+    "from": {"provider": "openai", "model": "gpt-4o-mini"},
+    "to": {"provider": "anthropic", "model": "claude-sonnet-4-6"},
+    "code": "ai_rate_limited",
+}
+
+
+async def _next(events: AsyncIterator[Event]) -> Event:
+    """The next event that is not a keep-alive."""
+    while (event := await events.__anext__()) is KEEPALIVE_EVENT:
+        pass
+    return event
+
+
+async def test_a_failover_reaches_live_followers_before_the_text_with_id_2():
+    generation = Generation(message_id=uuid.uuid4(), user_id=1, metadata=METADATA)
+    follower = iter_events(generation)
+    assert [(e.id, e.name) for e in [await _next(follower) for _ in range(2)]] == [
+        (1, "metadata"),
+        (2, "typing"),
+    ]
+    pending = asyncio.ensure_future(_next(follower))
+    generation.add_failover(FAILOVER)
+    assert await pending == Event(2, "failover", FAILOVER)
+    generation.append("Hi")
+    assert await _next(follower) == Event(2 + 2, CHUNK, "Hi")
+    await follower.aclose()
+
+    # Joining later: from the start it is in the preamble; from id 2 the client has it.
+    fresh = iter_events(generation)
+    assert [(e.id, e.name) for e in [await _next(fresh) for _ in range(4)]] == [
+        (1, "metadata"),
+        (2, "typing"),
+        (2, "failover"),
+        (4, "chunk"),
+    ]
+    await fresh.aclose()
+    resumed = iter_events(generation, last_event_id=2)
+    assert await _next(resumed) == Event(4, CHUNK, "Hi")
+    await resumed.aclose()
