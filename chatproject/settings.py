@@ -339,6 +339,8 @@ WEBHOOK_RETRY_SCHEDULE = [
     float(value)
     for value in env.list("WEBHOOK_RETRY_SCHEDULE", default=["5", "30", "120", "600", "3600"])
 ]
+# Delivered and given-up deliveries (and their attempts) are deleted after this many days.
+WEBHOOK_RETENTION_DAYS = env.int("WEBHOOK_RETENTION_DAYS", default=30)
 # Deliveries one process sends at the same time.
 WEBHOOK_CONCURRENCY = env.int("WEBHOOK_CONCURRENCY", default=10)
 

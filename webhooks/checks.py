@@ -33,6 +33,7 @@ def webhook_settings_check(app_configs: Any = None, **kwargs: Any) -> list[Check
         "WEBHOOK_POLL_SECONDS",
         "WEBHOOK_DUE_SCAN_SECONDS",
         "WEBHOOK_CONCURRENCY",
+        "WEBHOOK_RETENTION_DAYS",
     ):
         if getattr(settings, name) <= 0:
             errors.append(Error(f"{name} must be positive.", id="webhooks.E002"))

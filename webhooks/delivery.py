@@ -5,7 +5,8 @@ first request, as it does the chat's background work). Each round it claims due
 deliveries under a lease (:func:`webhooks.services.deliveries_claim`), POSTs each one
 outside any transaction, signed the Standard Webhooks way by the ``standardwebhooks``
 package, and stores the outcome; every ``WEBHOOK_DUE_SCAN_SECONDS`` it also writes the
-``flow.due`` deliveries of flows that reached their date. A process killed mid-delivery
+``flow.due`` deliveries of flows that reached their date, and deletes deliveries done
+with for longer than ``WEBHOOK_RETENTION_DAYS``. A process killed mid-delivery
 loses nothing: its lease runs out and another process sends the delivery again, with the
 same ``Webhook-Id``.
 
@@ -31,7 +32,13 @@ from standardwebhooks import Webhook
 from core.db import db_run
 from core.metrics import WEBHOOK_DELIVERIES, WEBHOOK_DELIVERY_SECONDS
 from webhooks.addresses import AddressRefused, GuardedResolver, host_refusal
-from webhooks.services import Claim, deliveries_claim, delivery_record, flows_due_notify
+from webhooks.services import (
+    Claim,
+    deliveries_claim,
+    deliveries_prune,
+    delivery_record,
+    flows_due_notify,
+)
 
 logger = logging.getLogger("webhooks.delivery")
 
@@ -157,6 +164,9 @@ async def deliver_forever() -> None:
                         count = await db_run(flows_due_notify)
                         if count:
                             logger.info("webhooks.flows_due", extra={"flows": count})
+                        pruned = await db_run(deliveries_prune)
+                        if pruned:
+                            logger.info("webhooks.pruned", extra={"deliveries": pruned})
                     except Exception as exc:
                         logger.warning(
                             "webhooks.due_scan_failed", extra={"exc_type": type(exc).__name__}

@@ -376,3 +376,20 @@ def deliveries_retry_now(*, delivery_ids: Iterable[uuid.UUID]) -> int:
         .filter(Q(locked_until__isnull=True) | Q(locked_until__lte=now))
         .update(status=Delivery.Status.PENDING, next_attempt_at=now, lease_token=None)
     )
+
+
+def deliveries_prune(*, now: datetime | None = None, limit: int = 1000) -> int:
+    """Delete up to ``limit`` delivered or given-up deliveries (with their attempts) older
+    than ``WEBHOOK_RETENTION_DAYS``; returns how many deliveries. Pending ones are kept."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.WEBHOOK_RETENTION_DAYS)
+    ids = list(
+        Delivery.objects.filter(
+            status__in=[Delivery.Status.DELIVERED, Delivery.Status.FAILED], created_at__lt=cutoff
+        ).values_list("pk", flat=True)[:limit]
+    )
+    if not ids:
+        return 0
+    with transaction.atomic():
+        DeliveryAttempt.objects.filter(delivery_id__in=ids).delete()
+        return Delivery.objects.filter(pk__in=ids).delete()[0]

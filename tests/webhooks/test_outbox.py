@@ -373,3 +373,24 @@ def test_no_immediate_flow_due_without_a_subscriber_or_for_a_done_flow(user, con
     flow.refresh_from_db()
     record(flow, "done", {"status": "done"})
     assert not Delivery.objects.filter(event_type="flow.due").exists()
+
+
+def test_old_finished_deliveries_are_pruned(user, context, settings):
+    from webhooks.services import deliveries_prune
+
+    settings.WEBHOOK_RETENTION_DAYS = 30
+    old_done, old_failed, old_pending, new_done = _pending(user, context, 4)
+    Delivery.objects.filter(pk=old_done.pk).update(status="delivered")
+    Delivery.objects.filter(pk=old_failed.pk).update(status="failed")
+    Delivery.objects.filter(pk=new_done.pk).update(status="delivered")
+    DeliveryAttempt.objects.create(
+        delivery=old_done, number=1, started_at=timezone.now(), duration_ms=1, succeeded=True
+    )
+    long_ago = timezone.now() - timedelta(days=31)
+    Delivery.objects.filter(pk__in=[old_done.pk, old_failed.pk, old_pending.pk]).update(
+        created_at=long_ago
+    )
+    assert deliveries_prune() == 2
+    assert set(Delivery.objects.values_list("pk", flat=True)) == {old_pending.pk, new_done.pk}
+    assert not DeliveryAttempt.objects.exists()
+    assert deliveries_prune() == 0
