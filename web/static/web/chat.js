@@ -227,7 +227,7 @@ class Reply {
     this.messageId = messageId;
     this.text = content;
     this.lastEventId = 0;
-    this.retry = retry; // what "Retry" does (a function), if anything
+    this.retry = retry; // what "Retry" does when the reply never started (a function)
     this.finished = false;
     this.detached = false; // the user left the conversation; the server goes on
     this.controller = null; // aborts the fetch stream
@@ -311,13 +311,16 @@ class Reply {
     const box = h("div", "message__error");
     box.setAttribute("role", "alert");
     box.append(h("p", null, message || "The reply failed."));
-    if (retryable && this.retry) {
+    if (retryable && (this.messageId || this.retry)) {
       const retry = h("button", "button button--small", "Retry");
       retry.type = "button";
       retry.addEventListener("click", () => {
         if (state.live) return;
         box.remove();
-        this.retry();
+        // A reply the server knows is written again in place (regenerate); one that never
+        // started (the connection broke first) is sent again.
+        if (this.messageId && this.article.isConnected) regenerate(this.article);
+        else this.retry();
       });
       box.append(retry);
     }
@@ -465,7 +468,6 @@ function regenerate(article) {
   if (state.live || !messageId) return;
   clearNotice();
   const reply = new Reply();
-  reply.retry = () => regenerate(reply.article);
   runTurn({
     reply,
     replaced: [article],
