@@ -26,7 +26,7 @@ from typing import Any
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from conversations.streaming.events import KEEPALIVE_EVENT, Cursor, Event
+from conversations.streaming.events import FAILOVER_ID, KEEPALIVE_EVENT, Cursor, Event
 from conversations.streaming.live import WORKER_ID, Generation, registry
 
 logger = logging.getLogger("conversations.relay")
@@ -108,6 +108,8 @@ async def _relay(generation: Generation) -> None:
             "trailing": [list(event) for event in trailing],
             "length": generation.length,
             "closed": generation.closed,
+            # All of them each time (a few small dicts, only before the first text).
+            "failovers": list(generation.failovers),
         }
         sent_trailing += len(trailing)
         try:
@@ -129,9 +131,12 @@ class RelayLost(Exception):
 
 
 async def follow_remote(
-    *, message_id: uuid.UUID, worker: str, cursor: Cursor
+    *, message_id: uuid.UUID, worker: str, cursor: Cursor, with_failovers: bool = True
 ) -> AsyncIterator[Event]:
     """The events of a reply another process runs that the client of ``cursor`` lacks.
+
+    ``failover`` events come before any text, as from a live generation: those made
+    before the follower joined only ``with_failovers`` (the client had not reached id 2).
 
     Raises :class:`RelayLost` when nothing arrives for ``CHAT_STALE_SECONDS`` or the layer
     fails; ``cursor`` then says where the caller continues from the database.
@@ -148,6 +153,7 @@ async def follow_remote(
     loop = asyncio.get_running_loop()
     last_heard = last_renewed = loop.time()
     trailing_seen = 0
+    failovers_seen: int | None = None
     try:
         while True:
             try:
@@ -170,6 +176,13 @@ async def follow_remote(
                 with contextlib.suppress(Exception):
                     await layer.send(worker_channel(worker), {**request, "snapshot": True})
                 continue
+            failovers = update.get("failovers") or []
+            if failovers_seen is None:  # the first update: those made before we joined
+                failovers_seen = 0 if with_failovers else len(failovers)
+            if cursor.offset == 0:  # a failover happens before any text
+                for data in failovers[failovers_seen:]:
+                    yield Event(FAILOVER_ID, "failover", data)
+            failovers_seen = max(failovers_seen, len(failovers))
             if (event := cursor.text(update["start"], update["text"])) is not None:
                 yield event
             trailing_from = update["trailing_from"]

@@ -20,6 +20,7 @@ from ai.quota.selectors import quota_snapshot
 from conversations.models import Message
 from conversations.streaming.events import (
     KEEPALIVE_EVENT,
+    TYPING_START_ID,
     TYPING_STOP,
     Cursor,
     Event,
@@ -131,7 +132,10 @@ async def follow_stored(message: Message, *, last_event_id: int) -> AsyncIterato
             relayed = True  # live from the owner; the database again if it goes quiet
             try:
                 async for event in follow_remote(
-                    message_id=message.id, worker=message.worker, cursor=cursor
+                    message_id=message.id,
+                    worker=message.worker,
+                    cursor=cursor,
+                    with_failovers=last_event_id < TYPING_START_ID,
                 ):
                     yield event
                 return

@@ -313,3 +313,40 @@ async def test_a_failover_reaches_live_followers_before_the_text_with_id_2():
     resumed = iter_events(generation, last_event_id=2)
     assert await _next(resumed) == Event(4, CHUNK, "Hi")
     await resumed.aclose()
+
+
+@pytest.mark.parametrize("last_event_id", [0, 1, 2])
+async def test_a_reply_followed_from_another_process_has_its_failover(
+    reply, settings, last_event_id
+):
+    message = await Message.objects.select_related("conversation", "user").aget(pk=reply.pk)
+    metadata, trailing = await db_run(_expected, message)
+    generation = Generation(message_id=message.id, user_id=message.user_id, metadata=metadata)
+    generation.add_failover(FAILOVER)
+    for part in PARTS:
+        generation.append(part)
+    for event in trailing:
+        generation.add_trailing(*event)
+    generation.close()
+    live = await collect(iter_events(generation, last_event_id=last_event_id))
+
+    settings.REDIS_URL = "redis://relay-enabled-for-this-test"
+    await Message.objects.filter(pk=message.pk).aupdate(
+        status=Message.Status.STREAMING, content="", worker="owner-elsewhere"
+    )
+    registry.add(generation)
+    owner = asyncio.create_task(listen("owner-elsewhere"))
+    try:
+        remote = await asyncio.wait_for(
+            collect(follow_stored(message, last_event_id=last_event_id)), 10
+        )
+    finally:
+        owner.cancel()
+        registry.discard(generation)
+    assert remote == live
+    names = [event.name for event in live]
+    if last_event_id < 2:
+        assert names[names.index("typing") + 1] == "failover"
+        assert names.index("failover") < names.index("chunk")
+    else:
+        assert "failover" not in names
