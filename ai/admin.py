@@ -5,12 +5,13 @@ models' prices (with the models in use that have none) and the routes' circuit b
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.core.handlers.asgi import ASGIRequest
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -23,6 +24,7 @@ from ai.quota.resets import quota_reset, quota_set_limits
 from ai.quota.services import quota_get_or_create, quota_release
 from ai.routing import allowed_routes, configured_routes, system_route
 from ai.selectors import usage_cost_by_day, usage_totals, usage_totals_by_user_and_day
+from core.db import db_run
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -211,9 +213,15 @@ class UsageRecordAdmin(ReadOnlyAdmin):
         if not self.has_view_permission(request):
             return HttpResponse("Forbidden\n", status=403, content_type="text/plain")
         records = self.get_changelist_instance(request).queryset.select_related("user")
-        response = StreamingHttpResponse(
-            _csv_lines(records.order_by("-created_at", "-id")), content_type="text/csv"
+        # Under daphne a sync iterator would be read whole into memory before the first
+        # byte (Django's ASGI handler): there the rows come a page at a time from the
+        # database pool instead.
+        lines = (
+            _csv_pages(records)
+            if isinstance(request, ASGIRequest)
+            else _csv_lines(records.order_by("-created_at", "-id"))
         )
+        response = StreamingHttpResponse(lines, content_type="text/csv")
         response["Content-Disposition"] = 'attachment; filename="usage.csv"'
         return response
 
@@ -248,33 +256,68 @@ class _Echo:
         return value
 
 
+#: Records per page of the CSV export under ASGI.
+CSV_PAGE_SIZE = 1000
+
+
+def _csv_page(
+    records: QuerySet[UsageRecord], after: tuple[datetime, int] | None
+) -> tuple[str, tuple[datetime, int] | None]:
+    """The CSV lines of the page of ``records`` after the keyset ``after`` (newest first),
+    and the next page's keyset (``None``: this was the last)."""
+    if after is not None:
+        created_at, pk = after
+        records = records.filter(Q(created_at__lt=created_at) | Q(created_at=created_at, id__lt=pk))
+    page = list(records.order_by("-created_at", "-id")[:CSV_PAGE_SIZE])
+    writer = csv.writer(_Echo())
+    text = "".join(writer.writerow(_csv_row(record)) for record in page)
+    last = page[-1] if len(page) == CSV_PAGE_SIZE else None
+    return text, (last.created_at, last.pk) if last is not None else None
+
+
+async def _csv_pages(records: QuerySet[UsageRecord]) -> AsyncIterator[str]:
+    """The header, then the records' lines a page at a time, each page read on the
+    database pool (keyset pagination: no cursor held across pages)."""
+    yield csv.writer(_Echo()).writerow(CSV_COLUMNS)
+    after: tuple[datetime, int] | None = None
+    while True:
+        text, after = await db_run(_csv_page, records, after)
+        if text:
+            yield text
+        if after is None:
+            return
+
+
 def _csv_lines(records: QuerySet[UsageRecord]) -> Iterator[str]:
     """The header, then one CSV line per record, read from the database in chunks."""
     writer = csv.writer(_Echo())
     yield writer.writerow(CSV_COLUMNS)
     for record in records.iterator(chunk_size=2000):
-        yield writer.writerow(
-            [
-                record.created_at.isoformat(),
-                record.user.get_username(),
-                record.purpose,
-                record.outcome,
-                record.provider,
-                record.model,
-                record.input_tokens,
-                record.output_tokens,
-                record.cache_read_tokens,
-                record.cache_write_tokens,
-                record.estimated,
-                f"{record.cost:.8f}",
-                record.currency,
-                record.tokens_charged,
-                record.conversation_id or "",
-                record.message_id or "",
-                record.error_code,
-                record.duration_ms,
-            ]
-        )
+        yield writer.writerow(_csv_row(record))
+
+
+def _csv_row(record: UsageRecord) -> list[Any]:
+    """One record's CSV fields, in :data:`CSV_COLUMNS` order."""
+    return [
+        record.created_at.isoformat(),
+        record.user.get_username(),
+        record.purpose,
+        record.outcome,
+        record.provider,
+        record.model,
+        record.input_tokens,
+        record.output_tokens,
+        record.cache_read_tokens,
+        record.cache_write_tokens,
+        record.estimated,
+        f"{record.cost:.8f}",
+        record.currency,
+        record.tokens_charged,
+        record.conversation_id or "",
+        record.message_id or "",
+        record.error_code,
+        record.duration_ms,
+    ]
 
 
 @admin.register(ModelPrice)

@@ -8,8 +8,10 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
-from django.test import Client
+from asgiref.sync import sync_to_async
+from django.test import AsyncClient, Client
 
+from ai import admin as ai_admin
 from ai.models import UsageRecord
 from ai.services import usage_record_create
 from tests import factories
@@ -109,3 +111,39 @@ def test_no_chart_without_usage(admin_client_) -> None:
     page = admin_client_.get(URL)
     assert page.context["usage_sums"]["calls"] == 0
     assert "usage-cost-chart" not in page.content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_csv_under_asgi_streams_page_by_page_from_the_database_pool() -> None:
+    """Under ASGI the export is an async iterator reading one keyset page at a time (a sync
+    iterator would be read whole before the first byte): every row once, newest first."""
+
+    def setup() -> tuple[object, int]:
+        root = factories.make_user("root", is_staff=True, is_superuser=True)
+        alice = factories.make_user("alice")
+        count = ai_admin.CSV_PAGE_SIZE * 2 + 7
+        UsageRecord.objects.bulk_create(
+            UsageRecord(
+                user=alice,
+                provider="openai",
+                model="gpt-4o-mini",
+                purpose="reply",
+                input_tokens=i,
+                outcome="complete",
+            )
+            for i in range(count)
+        )
+        # Same second for many rows: the keyset must still take each row exactly once.
+        UsageRecord.objects.update(created_at=datetime(2026, 11, 1, 9, tzinfo=UTC))
+        return root, count
+
+    root, count = await sync_to_async(setup)()
+    client = AsyncClient()
+    await client.aforce_login(root)
+    response = await client.get(URL + "csv/")
+    assert response.status_code == 200 and response.is_async
+    chunks = [chunk async for chunk in response.streaming_content]
+    assert len(chunks) >= 3  # the header, then a chunk per page
+    rows = list(csv.DictReader(io.StringIO(b"".join(chunks).decode())))
+    assert len(rows) == count
+    assert sorted(int(row["input_tokens"]) for row in rows) == list(range(count))
