@@ -69,7 +69,7 @@ def test_a_regenerated_reply_can_be_stopped_and_resumed(logged_in: Page):
     page = logged_in
     resumes: list[str] = []
     page.on("request", lambda r: record_resume(resumes, r.url))
-    send(page, "[[mock:long:200]] a long story")
+    send(page, "[[mock:long:400]] a long story")
     wait_reply_length(page, 30)
     page.click("#stop")
     wait_reply_status(page, "cancelled")
