@@ -1,4 +1,5 @@
-"""The provider registry: ``get_provider()`` builds the provider the settings name.
+"""The provider registry: ``get_provider()`` builds the provider the settings name, and
+``provider_for(name, model)`` the provider of one route (:mod:`ai.routing`).
 
 ``AI_PROVIDER`` is ``mock`` (default, offline), ``openai`` or ``anthropic``; ``AI_MODEL``
 overrides the provider's default model. The adapter module is imported only when its
@@ -32,9 +33,6 @@ _SETTINGS_USED = frozenset(
     {
         "AI_PROVIDER",
         "AI_MODEL",
-        "AI_ROUTES",
-        "AI_ALLOWED_MODELS",
-        "AI_SYSTEM_ROUTE",
         "AI_TIMEOUT_SECONDS",
         "AI_MAX_RETRIES",
         "AI_HTTP_CLIENT",
