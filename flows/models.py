@@ -67,6 +67,13 @@ class Flow(models.Model):
         indexes = [
             models.Index(fields=["user", "status", "-created_at"], name="flow_user_status_idx"),
             models.Index(fields=["context", "status"], name="flow_context_status_idx"),
+            # The flow.due scan (webhooks) reads only the open, reminded, not yet notified
+            # flows, by due date.
+            models.Index(
+                fields=["due_date", "id"],
+                condition=Q(status="open", reminder_enabled=True, due_notified_at__isnull=True),
+                name="flow_due_scan_idx",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -241,9 +241,16 @@ def flow_update(*, flow: Flow, data: dict[str, Any]) -> Flow:
         if name in data
     }
     changed = _apply(flow, changes)
+    fields = [*changed, "updated_at"]
+    if "title" in changed:
+        fields.append("title_key")
+    if "due_date" in changed:
+        fields.append("due_notified_at")
     try:
         with transaction.atomic():
-            flow.save()
+            # Only what changed: a full save would write back a due_notified_at read before
+            # the due scan set it, and flow.due would fire twice.
+            flow.save(update_fields=fields)
             if changed:
                 flow_events_record([_event(flow, _kind(changed), changed)])
     except IntegrityError as exc:

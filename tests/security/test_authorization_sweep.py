@@ -52,6 +52,8 @@ FUNCTION_VIEW_METHODS = {
     "api/ai/chat/stream": ["POST"],
     "api/v1/messages/<uuid:pk>/stream": ["GET"],
     "api/v1/messages/<uuid:pk>/cancel": ["POST"],
+    "api/v1/messages/<uuid:pk>/regenerate": ["POST"],
+    "api/v1/messages/<uuid:pk>/edit": ["POST"],
 }
 
 #: Which model a ``<pk>`` names, by the resource segment of the route.
@@ -63,7 +65,13 @@ PK_MODELS = {
     "webhooks": Subscription,
 }
 
-WRITE_BODY = {"name": "Pwned", "title": "Pwned", "status": "done", "message": "hi"}
+WRITE_BODY = {
+    "name": "Pwned",
+    "title": "Pwned",
+    "status": "done",
+    "message": "hi",
+    "content": "hi",
+}
 
 
 def walk(patterns, prefix=""):
@@ -210,7 +218,7 @@ def test_another_users_object_is_404_for_every_method(route, pattern, world):
         response = client.generic(
             method,
             sample_path(route, str(target.pk)),
-            data=b'{"name": "Pwned", "title": "Pwned", "status": "done"}',
+            data=b'{"name": "Pwned", "title": "Pwned", "status": "done", "content": "hi"}',
             content_type="application/json",
         )
         assert response.status_code == 404, (method, route, response.status_code)
