@@ -86,6 +86,31 @@ def test_the_renderer_builds_the_markdown_subset_and_refuses_the_rest(logged_in:
     assert "<img" not in html["image"] and 'href="https://example.com/i.png"' in html["image"]
 
 
+PATHOLOGICAL = r"""async () => {
+    const script = document.querySelector('script[type=module]');
+    const { renderMarkdown } = await import(new URL('markdown.js', script.src));
+    const cases = ["*a ".repeat(3000), "_b ".repeat(3000), "**a *b ".repeat(1500),
+                   "~~a ".repeat(3000), "[a](".repeat(2000), "[".repeat(5000)];
+    const times = [];
+    for (const text of cases) {
+        const started = performance.now();
+        const box = document.createElement('div');
+        box.append(renderMarkdown(text));
+        times.push(performance.now() - started);
+        if (box.textContent !== text) return {broken: text.slice(0, 20)};
+    }
+    return {times};
+}"""
+
+
+def test_unmatched_delimiters_render_as_text_in_linear_time(logged_in: Page):
+    # Thousands of unmatched "*", "_", "~~" or "[" (a model can send anything) are
+    # rendered as their text, each sample in well under a second (not exponential).
+    result = logged_in.evaluate(PATHOLOGICAL)
+    assert "broken" not in result, result
+    assert max(result["times"]) < 1000, result["times"]
+
+
 def test_a_markdown_reply_renders_as_lists_code_and_links(logged_in: Page):
     page = logged_in
     # The mock provider echoes the message ([[mock:echo]]), so the reply is this markdown.

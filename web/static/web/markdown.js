@@ -287,8 +287,14 @@ function canClose(text, i, ch, n) {
  * Where the delimiter run of `n` × `ch` opened before `from` closes: the index of the
  * closing delimiters (n characters long), or -1. Code spans and escapes are skipped over,
  * and so is an inner run that opens and has its own closer ("*a **b** c*").
+ *
+ * `failed` remembers, per kind ("*1", "_2", ...), the smallest position a search from
+ * which found no closer: a later search of that kind from further on is taken to fail
+ * too, so text full of unmatched delimiters ("*a *b *c ...") stays linear to render.
  */
-function findCloser(text, from, ch, n, depth = 0) {
+function findCloser(text, from, ch, n, failed, depth = 0) {
+  const kind = ch + n;
+  if (failed.has(kind) && failed.get(kind) <= from) return -1;
   let i = from;
   while (i < text.length) {
     const c = text[i];
@@ -303,21 +309,27 @@ function findCloser(text, from, ch, n, depth = 0) {
       const inner = Math.min(run, 3);
       const close =
         depth < 8 && canOpen(text, i + run - inner, ch, inner)
-          ? findCloser(text, i + run, ch, inner, depth + 1)
+          ? findCloser(text, i + run, ch, inner, failed, depth + 1)
           : -1;
       i = close === -1 ? i + run : close + inner;
     } else {
       i++;
     }
   }
+  failed.set(kind, Math.min(failed.get(kind) ?? from, from));
   return -1;
 }
+
+/** Longest link label and destination looked at (so unmatched brackets stay cheap). */
+const MAX_LABEL = 1000;
+const MAX_DESTINATION = 2048;
 
 /** Parse `[text](destination "title")` at `i`: {label, destination, end} or null. */
 function parseLink(text, i) {
   let depth = 0;
   let j = i;
-  for (; j < text.length; j++) {
+  const labelEnd = Math.min(text.length, i + MAX_LABEL);
+  for (; j < labelEnd; j++) {
     const c = text[j];
     if (c === "\\") {
       j++;
@@ -344,14 +356,15 @@ function parseLink(text, i) {
   } else {
     let parens = 0;
     const startDest = k;
-    for (; k < text.length; k++) {
+    const destinationEnd = Math.min(text.length, k + MAX_DESTINATION);
+    for (; k < destinationEnd; k++) {
       const c = text[k];
       if (c === "\\") k++;
       else if (c === "(") parens++;
       else if (c === ")") {
         if (parens === 0) break;
         parens--;
-      } else if (SPACE.test(c)) break;
+      } else if (c <= " ") break; // whitespace (and control characters) ends it
     }
     destination = text.slice(startDest, k);
   }
@@ -397,9 +410,7 @@ function trimUrl(url) {
 /** Render inline markdown `text` into `parent` (text nodes and inline elements only). */
 function renderInline(text, parent) {
   let buffer = "";
-  // Delimiter kinds ("*2", "_1", ...) already known to have no closer after some point:
-  // later openers of the same kind have none either, so the text stays linear to parse.
-  const unclosed = new Set();
+  const failed = new Map(); // see findCloser()
   const flush = () => {
     if (buffer) parent.append(document.createTextNode(buffer));
     buffer = "";
@@ -514,7 +525,7 @@ function renderInline(text, parent) {
       const run = runLength(text, i, c);
       if (c === "~") {
         if (run === 2 && canOpen(text, i, c, 2)) {
-          const close = findCloser(text, i + 2, c, 2);
+          const close = findCloser(text, i + 2, c, 2, failed);
           if (close !== -1 && runLength(text, close, c) === 2) {
             flush();
             const del = el("del");
@@ -529,9 +540,8 @@ function renderInline(text, parent) {
         continue;
       }
       const n = Math.min(run, 3);
-      if (!unclosed.has(c + n) && canOpen(text, i + run - n, c, n)) {
-        const close = findCloser(text, i + run, c, n);
-        if (close === -1) unclosed.add(c + n);
+      if (canOpen(text, i + run - n, c, n)) {
+        const close = findCloser(text, i + run, c, n, failed);
         if (close !== -1 && close > i + run) {
           flush();
           buffer = c.repeat(run - n); // extra delimiters beyond three stay literal
