@@ -61,6 +61,7 @@ from django.db import DatabaseError
 from accounts.errors import AuthenticationError, TooManyAuthenticationFailures
 from accounts.ws import CLOSE_TOO_MANY, CLOSE_UNAUTHENTICATED, scope_user_recheck, sockets
 from conversations import selectors
+from conversations.streaming.admission import turn_admission
 from conversations.streaming.events import KEEP_ALIVE, Event, parse_last_event_id
 from conversations.streaming.live import Generation, iter_events
 from conversations.streaming.replies import reply_cancel, reply_follow
@@ -241,9 +242,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 raise InvalidRequest({"message_id": ["A valid message id is required."]})
             steer = (steer_kind, message_id)
         payload = {k: v for k, v in content.items() if k not in skip}
-        turn, provider = await db_run(
-            prepare_turn, user=self.user, payload=payload, steer=steer, idempotency_key=key
-        )
+        with turn_admission():  # 503 server_busy when the process is saturated
+            turn, provider = await db_run(
+                prepare_turn, user=self.user, payload=payload, steer=steer, idempotency_key=key
+            )
         if isinstance(turn, ExistingTurn):
             message = await db_run(
                 selectors.message_get, user=self.user, message_id=turn.message_id

@@ -44,6 +44,20 @@ CHUNKS = Counter("chat_chunks_relayed", "Text deltas relayed from providers.")
 TOKENS = Counter("chat_tokens", "Tokens used by replies and extraction.", ["kind"])
 PROVIDER_ERRORS = Counter("chat_provider_errors", "Provider failures by code.", ["code"])
 REFUSALS = Counter("chat_refusals", "Turns refused before streaming, by code.", ["code"])
+SHED_TURNS = Counter(
+    "chat_shed_turns",
+    "Turns refused with 503 server_busy by a saturated process, by reason (streams, wait).",
+    ["reason"],
+)
+SKIPPED_EXTRACTIONS = Counter(
+    "chat_skipped_extractions",
+    "Flow extractions skipped because the process was saturated.",
+)
+DB_QUEUE_WAIT = Gauge(
+    "chat_db_queue_wait_seconds",
+    "Estimated wait of a database unit queued now (queue length times mean unit time).",
+    multiprocess_mode="max",
+)
 RESUMES = Counter("chat_resumes", "Resumed streams.", ["source"])
 CANCELS = Counter("chat_cancels", "Cancel requests.")
 # By route (docs/api.md#routing): the provider and model that served or failed.

@@ -1,13 +1,15 @@
 """A server process's background work: checkpoints, the stale-reply sweeper, the relay
-listener.
+listener, the event loop's lag probe.
 
-:func:`start_background` starts all three once per process. daphne has no lifespan
+:func:`start_background` starts each once per process. daphne has no lifespan
 events, so the composition root (``chatproject/asgi.py``) calls it on the first HTTP
 request or WebSocket connection the process serves.
 
 - The checkpointer saves the text of every running reply about once a second, all in one
   transaction: the text a crash would lose, and each reply's heartbeat.
 - The sweeper marks replies whose process died ``interrupted`` (:mod:`.recovery`).
+- The lag probe measures how late the event loop runs (:mod:`.admission` sheds turns
+  when the process is saturated).
 - With a shared channel layer (``REDIS_URL``), the listener lets other processes follow
   and cancel this process's replies (:mod:`.remote`).
 """
@@ -23,10 +25,11 @@ from typing import Any
 from django.conf import settings
 
 from conversations.services import replies_checkpoint
+from conversations.streaming.admission import lag_forever
 from conversations.streaming.live import registry
 from conversations.streaming.recovery import sweep
 from conversations.streaming.remote import listen, relay_enabled
-from core.db import db_run
+from core.db import db_run, db_run_urgent
 
 logger = logging.getLogger("conversations.background")
 
@@ -56,7 +59,7 @@ async def checkpoint_forever() -> None:
             continue
         texts = {g.message_id: g.text() for g in due}
         try:
-            stopped = await db_run(replies_checkpoint, texts=texts)
+            stopped = await db_run_urgent(replies_checkpoint, texts=texts)
         except Exception:
             logger.warning("turn.checkpoint_failed", extra={"replies": len(texts)})
             continue
@@ -87,10 +90,11 @@ def _ensure(name: str, loop_forever: Callable[[], Coroutine[Any, Any, None]]) ->
 
 
 def start_background() -> None:
-    """Start this process's checkpointer, sweeper and (with ``REDIS_URL``) relay listener,
-    each once; one that ended is started again. Call it from the event loop."""
+    """Start this process's checkpointer, sweeper, lag probe and (with ``REDIS_URL``) relay
+    listener, each once; one that ended is started again. Call it from the event loop."""
     _ensure("checkpointer", checkpoint_forever)
     _ensure("sweeper", sweep_forever)
+    _ensure("lag", lag_forever)
     if relay_enabled():
         _ensure("listener", listen)
 

@@ -48,12 +48,13 @@ from conversations.serializers import (
     EditInputSerializer,
     RegenerateInputSerializer,
 )
+from conversations.streaming.admission import extraction_bounded
 from conversations.streaming.events import TYPING_STOP, failover_data, trailing_events
 from conversations.streaming.live import WORKER_ID, Generation, TurnResult, registry
 from conversations.turn_finish import ReplyOutcome, TitleCall, turn_finish
 from conversations.turn_start import ExistingTurn, PreparedTurn, TurnRequest, turn_prepare
 from core import metrics
-from core.db import db_run
+from core.db import db_run_urgent
 from core.errors import InvalidRequest, ServiceError
 from flows.extraction import ExtractedFlows, flows_extract
 from flows.serializers import flow_to_dict, flow_update_to_dict
@@ -310,10 +311,14 @@ async def _store(
         extractor = _system_provider(provider)
         outcome.extraction_route = (extractor.name, extractor.model)
         (extracted, extraction_usage, extraction_error), title_call = await asyncio.gather(
-            _extract(turn, extractor, outcome.content, outcome.status),
+            extraction_bounded(
+                lambda: _extract(turn, extractor, outcome.content, outcome.status),
+                message_id=turn.assistant_message.id,
+                skipped=(ExtractedFlows(), None, ""),  # saturated (docs/api.md#load-shedding)
+            ),
             _title(turn, extractor, outcome.content, outcome.status),
         )
-        applied, quota = await db_run(
+        applied, quota = await db_run_urgent(
             turn_finish,
             turn=turn,
             outcome=outcome,
@@ -328,7 +333,7 @@ async def _store(
         outcome.status, outcome.error_code = Message.Status.FAILED, "internal_error"
         outcome.error_retryable = True
         try:
-            await db_run(quota_release, reservation_id=turn.reservation_id)
+            await db_run_urgent(quota_release, reservation_id=turn.reservation_id)
         except Exception:
             logger.warning("turn.release_failed", extra=log)  # the sweeper's safety net
         return [], turn.quota, []

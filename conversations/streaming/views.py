@@ -32,6 +32,7 @@ from ai.quota.selectors import quota_snapshot
 from conversations import selectors
 from conversations.models import Message
 from conversations.serializers import message_to_dict, message_usage
+from conversations.streaming.admission import turn_admission
 from conversations.streaming.events import error_data, parse_last_event_id, usage_to_dict
 from conversations.streaming.live import Generation, TurnResult, iter_events
 from conversations.streaming.replies import reply_cancel, reply_follow
@@ -185,7 +186,8 @@ async def message_edit(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
 async def _turn_response(request: HttpRequest, steer: Steer | None) -> HttpResponse:
     """Start (or, for an ``Idempotency-Key`` retry, follow) a turn and answer it."""
     try:
-        turn, provider, extra = await _db(_prepare, request, steer)
+        with turn_admission():  # 503 server_busy when the process is saturated
+            turn, provider, extra = await _db(_prepare, request, steer)
     except ServiceError as exc:
         return _refuse(exc)
     if isinstance(turn, ExistingTurn):
