@@ -7,11 +7,16 @@ Nothing here asks the provider's userinfo endpoint, which real providers refuse 
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import threading
+import time
 from typing import Any
 
 import jwt
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 from accounts.errors import InvalidAccessToken
 from accounts.jwks import ALLOWED_ALGORITHMS, get_jwks_cache
@@ -39,6 +44,39 @@ _JWT_ERRORS: tuple[tuple[type[jwt.InvalidTokenError], str, str], ...] = (
     (jwt.InvalidAlgorithmError, "bad_algorithm", "The token algorithm is not allowed."),
     (jwt.DecodeError, "malformed", "The token is malformed."),
 )
+
+
+#: Tokens verified lately: SHA-256 of the token -> (valid until, as ``time.time()``; the
+#: key it was verified with; its claims). See :func:`verify_access_token`.
+_verified: dict[bytes, tuple[float, Any, dict[str, Any]]] = {}
+_verified_lock = threading.Lock()
+#: At most this many tokens are remembered (the oldest are dropped first).
+VERIFIED_MAX = 4096
+
+
+def forget_verified_tokens() -> None:
+    """Forget every verified token (the next use of each verifies it again)."""
+    with _verified_lock:
+        _verified.clear()
+
+
+@receiver(setting_changed)
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting.startswith("OIDC_"):
+        forget_verified_tokens()
+
+
+def _remember(digest: bytes, key: Any, claims: dict[str, Any]) -> None:
+    ttl = settings.OIDC_TOKEN_CACHE_SECONDS
+    if ttl <= 0:
+        return
+    now = time.time()
+    until = min(float(claims["exp"]) + settings.OIDC_LEEWAY_SECONDS, now + ttl)
+    with _verified_lock:
+        if len(_verified) >= VERIFIED_MAX:
+            for stale in list(_verified)[: VERIFIED_MAX // 4]:
+                del _verified[stale]
+        _verified[digest] = (until, key, claims)
 
 
 def bearer_enabled() -> bool:
@@ -92,6 +130,11 @@ def verify_access_token(token: str) -> dict[str, Any]:
     characters. An id token is refused by its audience (the client id, not the API) and,
     for Keycloak, by its ``typ`` claim. With ``OIDC_API_AUDIENCE`` unset every token is
     refused (fail closed). No I/O: the key must be held (:func:`prefetch_key`).
+
+    A token verified within ``OIDC_TOKEN_CACHE_SECONDS`` with the key still held is not
+    verified again (the signature check and claim parsing are a turn's CPU), never past
+    its ``exp`` plus the leeway; the user it names is still looked up on every request
+    (a deactivated user is refused at once).
     """
     issuer = settings.OIDC_OP_ISSUER
     audience = settings.OIDC_API_AUDIENCE
@@ -100,6 +143,10 @@ def verify_access_token(token: str) -> dict[str, Any]:
         raise InvalidAccessToken("Bearer tokens are not configured.", reason="not_configured")
     alg, kid = token_header(token)
     key = get_jwks_cache().cached_key(kid)
+    digest = hashlib.sha256(token.encode()).digest()
+    seen = _verified.get(digest)
+    if seen is not None and seen[1] is key and time.time() < seen[0]:
+        return dict(seen[2])
     if key.algorithm_name != alg:
         raise InvalidAccessToken(
             "The token algorithm does not match its key.", reason="bad_algorithm"
@@ -130,4 +177,5 @@ def verify_access_token(token: str) -> dict[str, Any]:
     payload_typ = claims.get("typ")
     if isinstance(payload_typ, str) and payload_typ.lower() in REJECTED_PAYLOAD_TYPES:
         raise InvalidAccessToken("The token is not an access token.", reason="bad_type")
-    return claims
+    _remember(digest, key, claims)
+    return dict(claims)

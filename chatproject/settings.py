@@ -158,6 +158,9 @@ OIDC_JWKS_CACHE_SECONDS = env.int("OIDC_JWKS_CACHE_SECONDS", default=300)
 OIDC_JWKS_TIMEOUT_SECONDS = env.float("OIDC_JWKS_TIMEOUT_SECONDS", default=3.0)
 # Clock skew tolerated for a token's exp, nbf and iat.
 OIDC_LEEWAY_SECONDS = env.int("OIDC_LEEWAY_SECONDS", default=30)
+# A bearer token verified this recently (same key held, before its exp) is not verified
+# again; the user it names is looked up every time. 0: verify every request.
+OIDC_TOKEN_CACHE_SECONDS = env.int("OIDC_TOKEN_CACHE_SECONDS", default=60)
 OIDC_BEARER_ENABLED = bool(OIDC_OP_ISSUER and OIDC_OP_JWKS_ENDPOINT)
 OIDC_BROWSER_LOGIN_ENABLED = bool(
     OIDC_RP_CLIENT_ID and OIDC_OP_AUTHORIZATION_ENDPOINT and OIDC_OP_TOKEN_ENDPOINT
@@ -291,6 +294,12 @@ AI_BREAKER_COOLDOWN_SECONDS = env.float("AI_BREAKER_COOLDOWN_SECONDS", default=3
 CHAT_HISTORY_LIMIT = env.int("CHAT_HISTORY_LIMIT", default=10)
 CHAT_MAX_CONCURRENT_STREAMS = env.int("CHAT_MAX_CONCURRENT_STREAMS", default=3)
 # Open WebSockets per user, and resumed streams per user, in one process.
+# Load shedding (docs/api.md#load-shedding): a process holding this many turns, or whose
+# next turn would wait longer than this to start, answers 503 server_busy; 0 is off.
+CHAT_MAX_PROCESS_STREAMS = env.int("CHAT_MAX_PROCESS_STREAMS", default=200)
+CHAT_BUSY_WAIT_SECONDS = env.float("CHAT_BUSY_WAIT_SECONDS", default=5.0)
+# Flow extractions running at once in a process; a turn ending past it skips its own.
+CHAT_MAX_PROCESS_EXTRACTIONS = env.int("CHAT_MAX_PROCESS_EXTRACTIONS", default=32)
 CHAT_MAX_SOCKETS = env.int("CHAT_MAX_SOCKETS", default=10)
 CHAT_MAX_FOLLOWERS = env.int("CHAT_MAX_FOLLOWERS", default=10)
 CHAT_STREAM_TIMEOUT_SECONDS = env.float("CHAT_STREAM_TIMEOUT_SECONDS", default=120.0)

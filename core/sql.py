@@ -193,6 +193,30 @@ def select(
     return [model.from_db(conn.alias, attnames, _convert(conn, model, names, row)) for row in rows]
 
 
+def select_through(
+    model: type[M], *, via: type[Model], fk: str, where: Mapping[str, Any]
+) -> M | None:
+    """The ``model`` row that the ``via`` row found by ``where`` points to by its foreign key
+    ``fk``, all fields loaded, in one statement (``... WHERE pk = (SELECT fk FROM via
+    WHERE ...)``); None when either row is missing."""
+    conn = _conn()
+    names, attnames = _loaded(model, None)
+    columns = ", ".join(conn.ops.quote_name(_field(model, n).column) for n in names)
+    clause, params = _where(conn, via, where)
+    pk = conn.ops.quote_name(model._meta.pk.column)
+    fk_column = conn.ops.quote_name(_field(via, fk).column)
+    sql = (
+        f"SELECT {columns} FROM {_table(conn, model)} WHERE {pk} = "  # noqa: S608
+        f"(SELECT {fk_column} FROM {_table(conn, via)} WHERE {clause})"
+    )
+    with conn.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    return model.from_db(conn.alias, attnames, _convert(conn, model, names, row))
+
+
 def select_values(model: type[Model], name: str, where: Mapping[str, Any]) -> list[Any]:
     """The values of one field of the rows whose fields equal ``where``."""
     conn = _conn()
