@@ -99,13 +99,18 @@ PATHOLOGICAL = r"""async () => {
         times.push(performance.now() - started);
         if (box.textContent !== text) return {broken: text.slice(0, 20)};
     }
+    // Deep nesting renders (deeper than 16 levels as text) instead of overflowing the stack.
+    const deep = document.createElement('div');
+    deep.append(renderMarkdown(">".repeat(20000) + " x\n\n" + "- a\n  ".repeat(500) + "- z"));
+    if (!deep.textContent.endsWith("z")) return {broken: "deep nesting"};
     return {times};
 }"""
 
 
 def test_unmatched_delimiters_render_as_text_in_linear_time(logged_in: Page):
     # Thousands of unmatched "*", "_", "~~" or "[" (a model can send anything) are
-    # rendered as their text, each sample in well under a second (not exponential).
+    # rendered as their text, each sample in well under a second (not exponential), and
+    # deep nesting does not overflow the stack.
     result = logged_in.evaluate(PATHOLOGICAL)
     assert "broken" not in result, result
     assert max(result["times"]) < 1000, result["times"]

@@ -94,7 +94,16 @@ function startsBlock(line) {
 
 // --- Blocks --------------------------------------------------------------------------------
 
-function renderBlocks(lines, parent) {
+/** Deepest nesting of quotes and lists rendered; deeper content is shown as text. */
+const MAX_DEPTH = 16;
+
+function renderBlocks(lines, parent, depth = 0) {
+  if (depth > MAX_DEPTH) {
+    const p = el("p");
+    p.textContent = lines.join("\n");
+    parent.append(p);
+    return;
+  }
   let i = 0;
   while (i < lines.length) {
     const line = lines[i];
@@ -123,10 +132,10 @@ function renderBlocks(lines, parent) {
         i++;
       }
       const quote = el("blockquote");
-      renderBlocks(inner, quote);
+      renderBlocks(inner, quote, depth + 1);
       parent.append(quote);
     } else if (LIST_ITEM.test(line)) {
-      i = renderList(lines, i, parent);
+      i = renderList(lines, i, parent, depth);
     } else {
       const paragraph = [];
       while (i < lines.length && !BLANK.test(lines[i]) && !(paragraph.length && startsBlock(lines[i]))) {
@@ -164,7 +173,7 @@ function renderFence(lines, start, match, parent) {
 }
 
 /** A list: consecutive items of the same kind; an item's lines are rendered as blocks. */
-function renderList(lines, start, parent) {
+function renderList(lines, start, parent, depth) {
   const first = LIST_ITEM.exec(lines[start]);
   const ordered = /\d/.test(first[2]);
   const marker = ordered ? first[2].slice(-1) : first[2];
@@ -223,7 +232,7 @@ function renderList(lines, start, parent) {
   }
   for (const itemLines of items) {
     const li = el("li");
-    renderBlocks(itemLines, li);
+    renderBlocks(itemLines, li, depth + 1);
     if (!loose) {
       // A tight list: its items' paragraphs are shown without paragraph spacing.
       for (const p of Array.from(li.children)) {
