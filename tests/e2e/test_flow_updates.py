@@ -137,6 +137,9 @@ def test_a_hostile_model_cannot_change_other_users_or_contexts_flows(
         AI_TIMEOUT_SECONDS="5",
         OPENAI_API_KEY="sk-test-flow-updates",
         OPENAI_BASE_URL=fake_openai.base_url,
+        # The scripted extraction reply must go to the extraction call, not to a title
+        # call made at the same time.
+        CHAT_TITLES_ENABLED="false",
     )
     alice = factories.make_user("alice")
     token = factories.make_token(alice)
@@ -197,8 +200,9 @@ def test_the_websocket_carries_the_changes_too(daphne, alice):
             return events
 
         first = frames(new(context, "remind me to renew the passport"))
-        (created,) = first[-2]["flows"]
-        assert first[-2]["type"] == "flows_extracted" and first[-2]["updated"] == []
+        assert [e["type"] for e in first[-3:]] == ["flows_extracted", "title", "done"]
+        (created,) = first[-3]["flows"]
+        assert first[-3]["updated"] == []
         second = frames(
             {"conversation_id": first[0]["conversation_id"], "message": "I renewed the passport"}
         )
