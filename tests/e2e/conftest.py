@@ -32,7 +32,14 @@ def daphne_factory(django_db_setup, django_db_blocker) -> Iterator[Callable[...,
         for server in servers.values():
             server.stop()
 
+    def stop_where(predicate: Callable[[dict[str, str]], bool]) -> None:
+        """Stop the servers whose environment matches ``predicate``."""
+        for key, server in servers.items():
+            if predicate(dict(key)):
+                server.stop()
+
     start.stop_all = stop_all  # type: ignore[attr-defined]
+    start.stop_where = stop_where  # type: ignore[attr-defined]
     yield start
     stop_all()
 

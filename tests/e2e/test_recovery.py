@@ -22,6 +22,15 @@ FAST_RECOVERY = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_fast_sweeper_afterwards(daphne_factory):
+    """This module's servers sweep replies quiet for 2 s (CHAT_STALE_SECONDS): once its
+    tests are done they must not go on interrupting other tests' replies on the shared
+    test database (a reply waiting out a failover is quiet longer than that)."""
+    yield
+    daphne_factory.stop_where(lambda env: "CHAT_STALE_SECONDS" in env)
+
+
 def wait_for(predicate, timeout: float = 15.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
