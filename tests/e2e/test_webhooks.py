@@ -13,6 +13,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from tests import factories
@@ -111,6 +112,11 @@ def test_redirects_are_failures_and_not_followed(daphne_factory, alice):
 
 
 def test_two_processes_deliver_every_event_exactly_once(daphne_factory, alice):
+    if connection.vendor != "postgresql":
+        # docs/operations.md#webhooks: several delivering processes need PostgreSQL (row
+        # locks with SKIP LOCKED); on SQLite one process is the documented set-up, and
+        # under a loaded CI host two SQLite writers time out on the file lock.
+        pytest.skip("several delivering processes are a PostgreSQL set-up")
     _user, token, context = alice
     servers = [daphne_factory(**HOOKS), daphne_factory(**HOOKS, WEBHOOK_TEST_PROCESS="b")]
     with WebhookReceiver() as receiver:
