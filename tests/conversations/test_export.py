@@ -197,8 +197,12 @@ async def test_a_long_export_streams_page_by_page_in_bounded_memory(long_convers
     # Four times the conversation, not more memory: what is held is a page (read,
     # rendered, encoded), never the conversation (measured: about 2 MB for both here).
     assert size > 3.5 * short_size
-    assert peak < 1.5 * short_peak, (peak, short_peak)
-    assert peak < size / 2, (peak, size)
+    # (An export built in memory grows with it: about 4x for 4x the messages.)
+    assert peak < 2 * short_peak, (peak, short_peak)
+    # Less than the export itself (an export built in memory peaks at several times its
+    # size: 29 MB for this one). On PostgreSQL the driver's fixed buffers put the peak of
+    # both exports near 4-5 MB; on SQLite it is about 2 MB.
+    assert peak < size, (peak, size)
     if fmt == "json":
         assert tail.endswith(b"}]}\n")
 

@@ -11,18 +11,29 @@ from tests.e2e.server import DaphneServer
 pytestmark = pytest.mark.e2e
 
 
+#: Servers kept running at once: each holds database connections (its request threads,
+#: its database pool, its background loops), and a whole run's worth of them left
+#: running exhausts PostgreSQL's max_connections (100 by default).
+MAX_LIVE_SERVERS = 4
+
+
 @pytest.fixture(scope="session")
 def daphne_factory(django_db_setup, django_db_blocker) -> Iterator[Callable[..., DaphneServer]]:
-    """Start (once per distinct environment) a daphne server on the test database."""
+    """Start (once per distinct environment) a daphne server on the test database; the
+    least recently asked-for ones stop past :data:`MAX_LIVE_SERVERS` (they start again
+    when asked for)."""
     servers: dict[tuple, DaphneServer] = {}
 
     def start(**env: str) -> DaphneServer:
         key = tuple(sorted(env.items()))
-        server = servers.get(key)
+        server = servers.pop(key, None)
         if server is None or server.process is None or server.process.poll() is not None:
+            live = [k for k, s in servers.items() if s.process and s.process.poll() is None]
+            for old in live[: max(0, len(live) - MAX_LIVE_SERVERS + 1)]:
+                servers[old].stop()
             with django_db_blocker.unblock():
                 server = DaphneServer(env).start()
-            servers[key] = server
+        servers[key] = server  # the most recently asked-for last
         return server
 
     def stop_all() -> None:
