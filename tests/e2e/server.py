@@ -38,6 +38,7 @@ def test_database_url() -> str:
 
 
 _LOGS: list[str] = []
+_STARTED: list[DaphneServer] = []
 
 
 @atexit.register
@@ -91,6 +92,8 @@ class DaphneServer:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
+        if self not in _STARTED:
+            _STARTED.append(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -103,6 +106,14 @@ class DaphneServer:
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"daphne did not start:\n{self.output()}")
+
+    @staticmethod
+    def stop_every() -> None:
+        """Stop every server any fixture or test started in this run (a fixture's own
+        server starts again when asked for): for tests whose outcome any running process
+        could change, such as webhook deliveries, which every daphne process sends."""
+        for server in _STARTED:
+            server.stop()
 
     def output(self) -> str:
         self.log.flush()

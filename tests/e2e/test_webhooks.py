@@ -1,8 +1,10 @@
 """Webhook deliveries from real daphne processes to a local receiver that verifies every
 signature with the ``standardwebhooks`` package (docs/api.md#webhooks).
 
-Every daphne process sends deliveries, so each test first stops the servers earlier tests
-left running (they start again when asked for): only this test's processes deliver.
+Every daphne process sends deliveries, so each test first stops every server earlier tests
+and fixtures left running (the browser tests' server too: it once refused the receiver's
+private address twice before this test's process delivered): only this test's processes
+deliver.
 Runs on SQLite and on PostgreSQL (DATABASE_URL=postgres://...).
 """
 
@@ -46,9 +48,9 @@ def wait_until(predicate, timeout: float = 60.0, interval: float = 0.1) -> bool:
 
 @pytest.fixture(autouse=True)
 def only_this_tests_servers(daphne_factory):
-    daphne_factory.stop_all()
+    DaphneServer.stop_every()
     yield
-    daphne_factory.stop_all()
+    DaphneServer.stop_every()
 
 
 @pytest.fixture
