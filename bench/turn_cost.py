@@ -132,7 +132,7 @@ def main() -> None:
         for _ in range(n):
             req = request()
             t0 = time.thread_time()
-            turn, _provider = _prepare(req)
+            turn, _provider, _user = _prepare(req)
             t1 = time.thread_time()
             finish(turn)
             t2 = time.thread_time()
@@ -142,7 +142,7 @@ def main() -> None:
 
     one_round(min(50, args.turns))  # warm-up
     with CaptureQueriesContext(connection) as queries:
-        turn, _ = _prepare(request())
+        turn, _provider, _user = _prepare(request())
     prepared = [q["sql"] for q in queries.captured_queries]
     with CaptureQueriesContext(connection) as queries:
         finish(turn)

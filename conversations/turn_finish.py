@@ -229,6 +229,36 @@ def _extraction_used(usage: Usage | None, error: str) -> Usage | None:
     return usage or Usage() if usage is not None or error else None
 
 
+def _call_line(
+    common: dict[str, Any],
+    route: tuple[str, str] | None,
+    *,
+    purpose: str,
+    usage: Usage,
+    outcome: str,
+    error_code: str = "",
+    tokens_charged: int = 0,
+    duration_ms: int = 0,
+) -> UsageRecord:
+    """One ledger line: a call's ``usage`` on ``route`` (default: the reply's)."""
+    where = common if route is None else {**common, "provider": route[0], "model": route[1]}
+    return usage_record_build(
+        **where,
+        purpose=purpose,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        estimated=usage.estimated,
+        cost=usage.cost,
+        currency=usage.currency,
+        tokens_charged=tokens_charged,
+        outcome=outcome,
+        error_code=error_code,
+        duration_ms=duration_ms,
+    )
+
+
 def _ledger_lines(
     *,
     turn: PreparedTurn,
@@ -254,76 +284,55 @@ def _ledger_lines(
         "model": message.model,
     }
     lines = [
-        usage_record_build(
-            **common,
+        _call_line(
+            common,
+            None,
             purpose="reply",
-            input_tokens=outcome.usage.input_tokens,
-            output_tokens=outcome.usage.output_tokens,
-            cache_read_tokens=outcome.usage.cache_read_tokens,
-            cache_write_tokens=outcome.usage.cache_write_tokens,
-            estimated=outcome.usage.estimated,
-            cost=outcome.usage.cost,
-            currency=outcome.usage.currency,
-            tokens_charged=reply_tokens_charged(outcome) if charged else 0,
+            usage=outcome.usage,
             outcome=reply_outcome,
             error_code=outcome.error_code,
+            tokens_charged=reply_tokens_charged(outcome) if charged else 0,
             duration_ms=outcome.duration_ms,
         )
     ]
-    for provider, model, code, usage in outcome.failed_attempts:
-        if usage is None:  # nothing reported: nothing to record
-            continue
-        lines.append(
-            usage_record_build(
-                **{**common, "provider": provider, "model": model},
-                purpose="reply",
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cache_read_tokens=usage.cache_read_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                estimated=usage.estimated,
-                cost=usage.cost,
-                currency=usage.currency,
-                tokens_charged=0,  # a failed route's attempt is never the user's charge
-                outcome="failed",
-                error_code=code,
-            )
+    # A failed route's attempt is never the user's charge; one that reported nothing
+    # has nothing to record.
+    lines.extend(
+        _call_line(
+            common,
+            (provider, model),
+            purpose="reply",
+            usage=usage,
+            outcome="failed",
+            error_code=code,
         )
+        for provider, model, code, usage in outcome.failed_attempts
+        if usage is not None
+    )
+    system = outcome.extraction_route or (message.provider, message.model)
     if extraction is not None:
-        extractor = outcome.extraction_route or (message.provider, message.model)
         lines.append(
-            usage_record_build(
-                **{**common, "provider": extractor[0], "model": extractor[1]},
+            _call_line(
+                common,
+                system,
                 purpose="extraction",
-                input_tokens=extraction.input_tokens,
-                output_tokens=extraction.output_tokens,
-                cache_read_tokens=extraction.cache_read_tokens,
-                cache_write_tokens=extraction.cache_write_tokens,
-                estimated=extraction.estimated,
-                cost=extraction.cost,
-                currency=extraction.currency,
-                tokens_charged=extraction.total if charged else 0,
+                usage=extraction,
                 outcome="failed" if extraction_error else "complete",
                 error_code=extraction_error,
+                tokens_charged=extraction.total if charged else 0,
             )
         )
     titling = _title_used(title_call)
     if title_call is not None and titling is not None:
-        titler = outcome.extraction_route or (message.provider, message.model)
         lines.append(
-            usage_record_build(
-                **{**common, "provider": titler[0], "model": titler[1]},
+            _call_line(
+                common,
+                system,
                 purpose="title",
-                input_tokens=titling.input_tokens,
-                output_tokens=titling.output_tokens,
-                cache_read_tokens=titling.cache_read_tokens,
-                cache_write_tokens=titling.cache_write_tokens,
-                estimated=titling.estimated,
-                cost=titling.cost,
-                currency=titling.currency,
-                tokens_charged=titling.total if charged else 0,
+                usage=titling,
                 outcome="failed" if title_call.error else "complete",
                 error_code=title_call.error,
+                tokens_charged=titling.total if charged else 0,
             )
         )
     return lines
