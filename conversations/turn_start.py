@@ -309,14 +309,16 @@ def turn_prepare(*, user: AbstractBaseUser, request: TurnRequest) -> PreparedTur
                 conversation_id=request.conversation_id,
                 first_text=content,
             )
-        streaming = sql.select_values(
-            Message, "conversation", {"user": user.pk, "status": Message.Status.STREAMING}
+        streaming, here = sql.count(
+            Message,
+            {"user": user.pk, "status": Message.Status.STREAMING},
+            among=("conversation", conversation.id),
         )
-        if conversation.id in streaming:
+        if here:
             raise Conflict(
                 "A reply is already streaming into this conversation.", code="conversation_busy"
             )
-        if len(streaming) >= max_streams:
+        if streaming >= max_streams:
             raise ServiceError(
                 f"You have {max_streams} replies streaming; wait for one to finish.",
                 code="too_many_streams",

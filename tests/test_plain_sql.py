@@ -79,6 +79,23 @@ def test_select_values_and_is_null(user):
     assert [q.user_id for q in sql.select(Quota, {"resets_at": None})] == [user.pk]
 
 
+def test_count_counts_in_the_database_and_marks_one_value(user, other_user):
+    context = factories.make_context(user)
+    first, second, third = (factories.make_conversation(context) for _ in range(3))
+    for conversation in (first, second, third):
+        factories.make_message(conversation, "assistant", "", status=Message.Status.STREAMING)
+    factories.make_message(first, "assistant", "done")
+    idle = factories.make_conversation(context)
+    factories.make_message(idle, "assistant", "done")
+    streaming = {"user": user.pk, "status": Message.Status.STREAMING}
+    assert sql.count(Message, streaming, among=("conversation", first.id)) == (3, 1)
+    assert sql.count(Message, streaming, among=("conversation", idle.id)) == (3, 0)
+    elsewhere = factories.make_conversation(factories.make_context(other_user))
+    assert sql.count(Message, streaming, among=("conversation", elsewhere.id)) == (3, 0)
+    nobody = {"user": other_user.pk, "status": Message.Status.STREAMING}
+    assert sql.count(Message, nobody, among=("conversation", first.id)) == (0, 0)
+
+
 def test_insert_writes_what_bulk_create_would(user):
     context = factories.make_context(user)
     before = timezone.now()
