@@ -304,10 +304,6 @@ CHAT_MAX_SOCKETS = env.int("CHAT_MAX_SOCKETS", default=10)
 CHAT_MAX_FOLLOWERS = env.int("CHAT_MAX_FOLLOWERS", default=10)
 CHAT_STREAM_TIMEOUT_SECONDS = env.float("CHAT_STREAM_TIMEOUT_SECONDS", default=120.0)
 CHAT_KEEPALIVE_SECONDS = env.float("CHAT_KEEPALIVE_SECONDS", default=15.0)
-# Past this many replies generating in a process, a stream sends what came in the next
-# CHAT_COALESCE_MS as one chunk (docs/api.md#sse-events); 0 ms is off.
-CHAT_COALESCE_MS = env.float("CHAT_COALESCE_MS", default=25.0)
-CHAT_COALESCE_ABOVE_STREAMS = env.int("CHAT_COALESCE_ABOVE_STREAMS", default=100)
 CHAT_CANCEL_ON_DISCONNECT = env.bool("CHAT_CANCEL_ON_DISCONNECT", default=False)
 CHAT_CHECKPOINT_SECONDS = env.float("CHAT_CHECKPOINT_SECONDS", default=1.0)
 CHAT_MAX_BODY_BYTES = env.int("CHAT_MAX_BODY_BYTES", default=512_000)

@@ -245,16 +245,11 @@ followers = FollowerLimit()
 async def iter_events(generation: Generation, *, last_event_id: int = 0) -> AsyncIterator[Event]:
     """A generation's events from after ``last_event_id``.
 
-    Chunks that arrived while the follower was busy come as one chunk; while the process
-    generates more than ``CHAT_COALESCE_ABOVE_STREAMS`` replies, a follower also waits
-    ``CHAT_COALESCE_MS`` after each chunk it sends, so that a loaded process writes one
-    event per few tokens instead of one per token (docs/api.md#sse-events).
+    Chunks that arrived while the follower was busy come as one chunk;
     :data:`~.events.KEEPALIVE_EVENT` when the generation was silent for
     ``CHAT_KEEPALIVE_SECONDS``. Ends when the generation is closed; cancelling the caller
     stops only this follower (what a disconnect means is the transport's choice).
     """
-    window = settings.CHAT_COALESCE_MS / 1000
-    above = settings.CHAT_COALESCE_ABOVE_STREAMS
     cursor = Cursor(last_event_id)
     failovers = generation.failovers
     preamble = cursor.preamble(generation.metadata, failovers)
@@ -282,8 +277,6 @@ async def iter_events(generation: Generation, *, last_event_id: int = 0) -> Asyn
             position += len(piece)
             if event is not None:
                 yield event
-                if window and len(registry) > above and not generation.trailing:
-                    await asyncio.sleep(window)  # the tokens of the next few ms, as one
             continue
         trailing = generation.trailing
         if sent < len(trailing):

@@ -222,42 +222,6 @@ async def test_live_chunks_arrive_as_they_are_appended_with_end_offset_ids():
     assert await collect(follower) == [Event(2 + 5 + 1, "typing", {"status": "stop"})]
 
 
-async def _paced_reply(count: int, pace: float) -> tuple[list[Event], str]:
-    """A generation typing ``count`` tokens ``pace`` seconds apart, read by one follower."""
-    generation = Generation(message_id=uuid.uuid4(), user_id=1, metadata=METADATA)
-    registry.add(generation)
-    follower = asyncio.create_task(collect(iter_events(generation)))
-    typed = ""
-    try:
-        for n in range(count):
-            await asyncio.sleep(pace)
-            generation.append(f"t{n} ")
-            typed += f"t{n} "
-        generation.add_trailing(*TYPING_STOP)
-        generation.close()
-        return await asyncio.wait_for(follower, 10), typed
-    finally:
-        registry.discard(generation)
-
-
-async def test_a_loaded_process_sends_the_tokens_of_a_few_ms_as_one_chunk(settings):
-    # "Loaded": more replies generating than CHAT_COALESCE_ABOVE_STREAMS (here: any).
-    settings.CHAT_COALESCE_MS, settings.CHAT_COALESCE_ABOVE_STREAMS = 40, 0
-    events, typed = await _paced_reply(40, 0.005)
-    chunks = [e for e in events if e.name == CHUNK]
-    assert "".join(e.data for e in chunks) == typed, "no text lost or reordered"
-    assert len(chunks) <= 40 // 4, f"{len(chunks)} chunks for 40 tokens 5 ms apart"
-    assert [e.id for e in chunks] == sorted({e.id for e in chunks}), "end-offset ids still"
-    assert events[-1] == Event(2 + len(typed) + 1, "typing", {"status": "stop"})
-
-
-async def test_below_the_threshold_every_token_is_its_own_chunk(settings):
-    settings.CHAT_COALESCE_MS, settings.CHAT_COALESCE_ABOVE_STREAMS = 40, 1
-    events, typed = await _paced_reply(20, 0.005)
-    chunks = [e for e in events if e.name == CHUNK]
-    assert len(chunks) == 20 and "".join(e.data for e in chunks) == typed
-
-
 async def test_remote_pieces_with_a_gap_ask_for_the_whole_text_again(settings):
     """A follower that missed a piece (its ``start`` is past what it has) asks the owner
     for a snapshot and takes only what it lacks from it: no gap, no duplicate."""
