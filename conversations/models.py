@@ -46,6 +46,10 @@ class Conversation(models.Model):
     # A title the user set (PATCH, admin) is never overwritten by a generated one
     # (docs/api.md#titles).
     title_set_by_user = models.BooleanField(default=False)
+    # A generated title is still due: set when the conversation is created, cleared once
+    # a title call ran (whatever it answered). A turn that ended with its process too
+    # busy to call leaves it set, so the next turn makes the call.
+    title_pending = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

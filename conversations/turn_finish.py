@@ -166,8 +166,9 @@ def turn_finish(
         )
         extraction = _extraction_used(extraction_usage, extraction_error)
         titling = _title_used(title_call)
-        if title_call is not None and title_call.title and outcome.status == "complete":
-            outcome.title = _title_store(turn, title_call.title, now)
+        if title_call is not None:
+            title = title_call.title if outcome.status == "complete" else ""
+            outcome.title = _title_store(turn, title, now)
         tokens = (
             reply_tokens_charged(outcome)
             + (extraction.total if extraction else 0)
@@ -212,10 +213,15 @@ def _title_used(title_call: TitleCall | None) -> Usage | None:
 
 def _title_store(turn: PreparedTurn, title: str, now: Any) -> str:
     """Name the conversation ``title`` unless its user set one (in the turn's finish
-    transaction); the reply keeps it for its ``title`` event. Returns what was stored."""
+    transaction); the reply keeps it for its ``title`` event. Returns what was stored.
+    A title call ran either way: no title is due any more (an empty ``title``: the call
+    failed or answered nothing usable)."""
+    if not title:
+        sql.update(Conversation, {"title_pending": False}, {"id": turn.conversation_id})
+        return ""
     named = sql.update(
         Conversation,
-        {"title": title, "updated_at": now},
+        {"title": title, "updated_at": now, "title_pending": False},
         {"id": turn.conversation_id, "title_set_by_user": False},
     )
     if not named:

@@ -97,7 +97,7 @@ def _resolve_conversation(
         raise NotFound("Context not found.")
     context = found[0]
     title = " ".join(first_text.split())[:80]
-    conversation = Conversation(user=user, context=context, title=title)
+    conversation = Conversation(user=user, context=context, title=title, title_pending=True)
     sql.insert([conversation])
     return context, conversation, True
 
@@ -371,7 +371,11 @@ def turn_prepare(*, user: AbstractBaseUser, request: TurnRequest) -> PreparedTur
             if settings.FLOWS_EXTRACTION_ENABLED
             else []
         )
-        needs_title = created and settings.CHAT_TITLES_ENABLED
+        needs_title = (
+            conversation.title_pending
+            and not conversation.title_set_by_user
+            and settings.CHAT_TITLES_ENABLED
+        )
         tokens, cost = turn_reservation(
             system,
             history,

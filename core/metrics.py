@@ -53,6 +53,10 @@ SKIPPED_EXTRACTIONS = Counter(
     "chat_skipped_extractions",
     "Flow extractions skipped because the process was saturated.",
 )
+SKIPPED_TITLES = Counter(
+    "chat_skipped_titles",
+    "Conversation title calls put off to the next turn because the process was saturated.",
+)
 DB_QUEUE_WAIT = Gauge(
     "chat_db_queue_wait_seconds",
     "Estimated wait of a database unit queued now (queue length times mean unit time).",

@@ -316,7 +316,7 @@ async def _store(
                 message_id=turn.assistant_message.id,
                 skipped=(ExtractedFlows(), None, ""),  # saturated (docs/api.md#load-shedding)
             ),
-            _title(turn, extractor, outcome.content, outcome.status),
+            _title_bounded(turn, extractor, outcome),
         )
         applied, quota = await db_run_urgent(
             turn_finish,
@@ -467,6 +467,21 @@ async def _extract(
         },
     )
     return extracted, usage, ""
+
+
+async def _title_bounded(
+    turn: PreparedTurn, provider: Provider, outcome: ReplyOutcome
+) -> TitleCall | None:
+    """:func:`_title` when one is due, bounded with the extractions: ``None`` (the title
+    stays due for the next turn) when the process is saturated (docs/api.md#titles)."""
+    if not turn.needs_title or outcome.status != Message.Status.COMPLETE:
+        return None
+    return await extraction_bounded(
+        lambda: _title(turn, provider, outcome.content, outcome.status),
+        message_id=turn.assistant_message.id,
+        skipped=None,
+        purpose="title",
+    )
 
 
 async def _title(

@@ -374,6 +374,11 @@ def test_a_failed_title_call_is_not_the_turns_error(server, alice):
     conversation_id = first.first("metadata").data["conversation_id"]
     line = UsageRecord.objects.get(conversation_id=conversation_id, purpose="title")
     assert line.outcome == "failed" and line.error_code == "ai_unavailable"
+    # The call ran: no title is due any more, and the next turn makes no title call.
+    assert not Conversation.objects.get(pk=conversation_id).title_pending
+    later = next_turn(server, token, conversation_id, "And then?")
+    assert "title" not in later.names()
+    assert UsageRecord.objects.filter(conversation_id=conversation_id, purpose="title").count() == 1
 
 
 # --- Idempotency-Key -------------------------------------------------------------------------

@@ -110,3 +110,40 @@ def test_extractions_past_the_process_limit_are_skipped(settings):
 
     assert asyncio.run(scenario()) == ("extracted", "skipped", "extracted")
     assert metrics.SKIPPED_EXTRACTIONS._value.get() == skipped_before + 1
+
+
+def test_title_calls_have_their_own_bound_and_a_skip_is_counted(settings):
+    settings.CHAT_MAX_PROCESS_EXTRACTIONS = 1
+    skipped_before = metrics.SKIPPED_TITLES._value.get()
+    extractions_before = metrics.SKIPPED_EXTRACTIONS._value.get()
+
+    async def scenario() -> tuple[str, str, str]:
+        gate = asyncio.Event()
+
+        async def slow() -> str:
+            await gate.wait()
+            return "called"
+
+        async def fast() -> str:
+            return "called"
+
+        # A turn's own extraction running does not crowd out its title call ...
+        extraction = asyncio.create_task(
+            admission.extraction_bounded(slow, message_id=uuid.uuid4(), skipped="skipped")
+        )
+        title = asyncio.create_task(
+            admission.extraction_bounded(
+                slow, message_id=uuid.uuid4(), skipped="skipped", purpose="title"
+            )
+        )
+        await asyncio.sleep(0)
+        # ... but another title call while one runs is skipped.
+        second_title = await admission.extraction_bounded(
+            fast, message_id=uuid.uuid4(), skipped="skipped", purpose="title"
+        )
+        gate.set()
+        return await extraction, await title, second_title
+
+    assert asyncio.run(scenario()) == ("called", "called", "skipped")
+    assert metrics.SKIPPED_TITLES._value.get() == skipped_before + 1
+    assert metrics.SKIPPED_EXTRACTIONS._value.get() == extractions_before
