@@ -159,6 +159,26 @@ def finished_generation(message: Message, metadata: dict, trailing: list) -> Gen
     return generation
 
 
+async def follow_from_elsewhere(
+    message: Message, generation: Generation, settings, last_event_id: int
+) -> list[Event]:
+    """The events of ``message`` as a client of this process gets them while another
+    process runs ``generation``: the database holds no text yet, the owner relays it all."""
+    settings.REDIS_URL = "redis://relay-enabled-for-this-test"
+    await Message.objects.filter(pk=message.pk).aupdate(
+        status=Message.Status.STREAMING, content="", worker="owner-elsewhere"
+    )
+    registry.add(generation)
+    owner = asyncio.create_task(listen("owner-elsewhere"))
+    try:
+        return await asyncio.wait_for(
+            collect(follow_stored(message, last_event_id=last_event_id)), 10
+        )
+    finally:
+        owner.cancel()
+        registry.discard(generation)
+
+
 @pytest.fixture
 def reply(transactional_db, user) -> Message:
     conversation = factories.make_conversation(factories.make_context(user))
@@ -188,20 +208,7 @@ async def test_live_stored_and_remote_give_the_same_events(reply, settings, last
     generation = finished_generation(message, metadata, trailing)
     live = await collect(iter_events(generation, last_event_id=last_event_id))
 
-    # Another process runs it: the database holds no text yet, the owner relays it all.
-    settings.REDIS_URL = "redis://relay-enabled-for-this-test"
-    await Message.objects.filter(pk=message.pk).aupdate(
-        status=Message.Status.STREAMING, content="", worker="owner-elsewhere"
-    )
-    registry.add(generation)
-    owner = asyncio.create_task(listen("owner-elsewhere"))
-    try:
-        remote = await asyncio.wait_for(
-            collect(follow_stored(message, last_event_id=last_event_id)), 10
-        )
-    finally:
-        owner.cancel()
-        registry.discard(generation)
+    remote = await follow_from_elsewhere(message, generation, settings, last_event_id)
 
     assert live == stored == remote
     assert "".join(e.data for e in live if e.name == CHUNK) == TEXT[max(0, last_event_id - 2) :]
@@ -330,19 +337,7 @@ async def test_a_reply_followed_from_another_process_has_its_failover(
     generation.close()
     live = await collect(iter_events(generation, last_event_id=last_event_id))
 
-    settings.REDIS_URL = "redis://relay-enabled-for-this-test"
-    await Message.objects.filter(pk=message.pk).aupdate(
-        status=Message.Status.STREAMING, content="", worker="owner-elsewhere"
-    )
-    registry.add(generation)
-    owner = asyncio.create_task(listen("owner-elsewhere"))
-    try:
-        remote = await asyncio.wait_for(
-            collect(follow_stored(message, last_event_id=last_event_id)), 10
-        )
-    finally:
-        owner.cancel()
-        registry.discard(generation)
+    remote = await follow_from_elsewhere(message, generation, settings, last_event_id)
     assert remote == live
     names = [event.name for event in live]
     if last_event_id < 2:
