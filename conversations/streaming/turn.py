@@ -477,20 +477,16 @@ async def _title_bounded(
     if not turn.needs_title or outcome.status != Message.Status.COMPLETE:
         return None
     return await extraction_bounded(
-        lambda: _title(turn, provider, outcome.content, outcome.status),
+        lambda: _title(turn, provider, outcome.content),
         message_id=turn.assistant_message.id,
         skipped=None,
         purpose="title",
     )
 
 
-async def _title(
-    turn: PreparedTurn, provider: Provider, text: str, status: str
-) -> TitleCall | None:
-    """A title for a conversation's first complete reply (docs/api.md#titles); a failure
-    is a warning, never the turn's error. ``None`` when no title call is due."""
-    if not turn.needs_title or status != Message.Status.COMPLETE:
-        return None
+async def _title(turn: PreparedTurn, provider: Provider, text: str) -> TitleCall:
+    """A title for the conversation from its first exchange and the complete reply
+    ``text`` (docs/api.md#titles); a failure is a warning, never the turn's error."""
     exchange = [ChatMessage("user", turn.user_message.content), ChatMessage("assistant", text)]
     started = time.monotonic()
     try:
