@@ -13,18 +13,14 @@ statement                                   here, SQLite/PG  ORM, SQLite/PG
 ==========================================  ===============  ==========================
 :func:`select`: the quota row FOR UPDATE    46 / 185 µs      244 / 458 µs
 :func:`select_values`: the streaming check  27 / 121 µs      342 / 465 µs
-==========================================  ===============  ==========================
-
-(The streaming check is now :func:`count`, one row whatever the number of streaming
-replies: ``select_values`` converted one UUID per streaming reply of the user, which a
-user with hundreds of replies streaming, as the benchmark's, paid on every turn.)
-
-==========================================  ===============  ==========================
-statement                                   here, SQLite/PG  ORM, SQLite/PG
-==========================================  ===============  ==========================
 :func:`insert`: the turn's two messages     145 / 276 µs     281 / 727 µs (bulk_create)
 :func:`update`: the reservation (``Add``)   25 / 121 µs      288 / 495 µs (``F() + n``)
 ==========================================  ===============  ==========================
+
+The streaming check was measured as ``select_values``, which read one value per streaming
+reply of the user; it is now :func:`count`, one row whatever their number (a user with
+hundreds of replies streaming, as the benchmark's, paid a UUID conversion each on every
+turn), and ``select_values`` is gone.
 
 Everything else is the ORM. What these functions keep of Django:
 
@@ -54,9 +50,9 @@ Django upgrade, re-measure and re-check them):
 2. ``Options.concrete_fields`` (:func:`select`, :func:`insert`): the model's columns, in the
    order ``Model.from_db`` reads values in.
 3. ``Field.get_col(alias)``, ``Expression.get_db_converters(connection)`` and
-   ``connection.ops.get_db_converters(expression)`` (:func:`select`,
-   :func:`select_values`): the converters the ORM's compiler applies to each column read,
-   each called as ``convert(value, expression, connection)``.
+   ``connection.ops.get_db_converters(expression)`` (:func:`select`): the converters the
+   ORM's compiler applies to each column read, each called as
+   ``convert(value, expression, connection)``.
 4. A cache of those converters in the connection object's own ``__dict__`` (they are bound
    to it): a connection wrapper takes attributes and is one per thread. Measured: 100 µs
    of the 4 reads of a turn (190 µs with it, 300 µs without).
@@ -224,13 +220,6 @@ def select_through(
     if row is None:
         return None
     return model.from_db(conn.alias, attnames, _convert(conn, model, names, row))
-
-
-def select_values(model: type[Model], name: str, where: Mapping[str, Any]) -> list[Any]:
-    """The values of one field of the rows whose fields equal ``where``."""
-    conn = _conn()
-    names = (name,)
-    return [_convert(conn, model, names, row)[0] for row in _rows(conn, model, names, where, "")]
 
 
 def count(

@@ -66,14 +66,7 @@ def test_select_with_fields_defers_the_others_and_filters_by_every_key(user):
     assert sql.select(Context, {"user": other.pk, "name": "nope"}) == []
 
 
-def test_select_values_and_is_null(user):
-    conversation = factories.make_conversation(factories.make_context(user))
-    factories.make_message(conversation, "assistant", "", status=Message.Status.STREAMING)
-    factories.make_message(conversation, "user", "hi")
-    values = sql.select_values(
-        Message, "conversation", {"user": user.pk, "status": Message.Status.STREAMING}
-    )
-    assert values == [conversation.id]
+def test_select_where_is_null(user):
     quota_get_or_create(user=user)
     Quota.objects.filter(user=user).update(resets_at=None)
     assert [q.user_id for q in sql.select(Quota, {"resets_at": None})] == [user.pk]
