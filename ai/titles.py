@@ -7,7 +7,9 @@ never trusts what comes back: markup and control characters are dropped, whitesp
 collapsed, quotes and trailing punctuation are stripped and the result is cut at a word
 boundary to :data:`TITLE_MAX_CHARS`; an empty result is no title. The call's tokens are
 reserved with the turn (:func:`title_reservation_tokens`) and recorded as their own
-ledger line.
+ledger line. A conversation's first turn asks for the title inside its flow extraction
+(``flows.extraction.FLOW_EXTRACTION_TITLED_SCHEMA``, cleaned by :func:`clean_title`);
+:func:`title_generate` is the call of its own when that gave none.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@
   ``data: [DONE]``. Every token is one word with a leading space, so a client counts
   tokens by counting spaces.
 - otherwise (the structured-output flow extraction call, ``response_format``): one
-  ``chat.completion`` whose content is ``{"flows": []}``.
+  ``chat.completion`` whose content is ``{"flows": [], "updated": []}``, with a ``title``
+  when the request's JSON schema asks for one.
 
 T and pace come from, by priority: the query string (``?tokens=5&pace_ms=10``), a path
 prefix usable in a base URL (``/t/5/p/10/v1/chat/completions``), the defaults set with
@@ -110,8 +111,15 @@ def stream_parts(model: str, tokens: int, include_usage: bool) -> list[bytes]:
     return parts
 
 
-def completion_body(model: str) -> bytes:
-    content = json.dumps({"flows": []})
+def completion_body(model: str, request: dict[str, Any]) -> bytes:
+    """The structured call's completion: no flows, and the ``title`` when the request's
+    JSON schema asks for one (a conversation's first extraction, or a title call)."""
+    schema = ((request.get("response_format") or {}).get("json_schema") or {}).get("schema")
+    wanted = (schema or {}).get("properties", {})
+    answer: dict[str, Any] = {"flows": [], "updated": []} if "flows" in wanted else {}
+    if "title" in wanted:
+        answer["title"] = "Bench conversation"
+    content = json.dumps(answer or {"flows": []})
     return json.dumps(
         {
             "id": "chatcmpl-bench-x",
@@ -246,7 +254,7 @@ class UpstreamProtocol(asyncio.Protocol):
         model = str(request.get("model") or cfg.model)
         if not request.get("stream"):
             STATS["extractions"] += 1
-            self._send(_response("200 OK", completion_body(model)))
+            self._send(_response("200 OK", completion_body(model, request)))
             return
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
         parts = stream_parts(model, tokens, include_usage)

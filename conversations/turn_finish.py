@@ -51,8 +51,9 @@ class ReplyOutcome:
 
 @dataclass(slots=True)
 class TitleCall:
-    """The title call of a conversation's first turn: the title it proposed (\"\" for none),
-    its usage, and its error code if it failed."""
+    """How a conversation's first turn named it: the title proposed (\"\" for none), and,
+    for a title call of its own, its usage and its error code if it failed (a title that
+    came with the flow extraction has no usage here: the extraction's line carries it)."""
 
     title: str = ""
     usage: Usage | None = None

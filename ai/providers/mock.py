@@ -478,8 +478,9 @@ class MockProvider:
         schema_name: str,
     ) -> StructuredResult:
         """Rule-based extraction from the transcript's user messages and its listed flows
-        (``{"flows": [...], "updated": [...]}``); for a ``conversation_title`` schema,
-        :func:`mock_title`."""
+        (``{"flows": [...], "updated": [...]}``, with ``"title"`` (:func:`mock_title`)
+        when the schema asks for one, unless the transcript holds the title-fail hook);
+        for a ``conversation_title`` schema, :func:`mock_title`."""
         if schema_name == "conversation_title":
             return _title_result(system, transcript)
         if _HOOK_EXTRACT_FAIL in transcript:
@@ -505,7 +506,9 @@ class MockProvider:
         listed = _listed_flows(transcript)
         last_user = user_texts[-1] if user_texts else ""
         updated = find_updates(last_user, listed, today) if listed else []
-        payload = {"flows": flows, "updated": updated}
+        payload: dict[str, Any] = {"flows": flows, "updated": updated}
+        if "title" in schema.get("properties", {}) and _HOOK_TITLE_FAIL not in transcript:
+            payload["title"] = mock_title(transcript)
         return StructuredResult(
             payload=payload,
             usage=Usage(

@@ -306,14 +306,15 @@ class OpenAIProvider:
     async def _extract(
         self, mode: str, *, system: str, transcript: str, schema: dict[str, Any], name: str
     ) -> StructuredResult:
-        described = (
-            f"{system}\n\nReply with one JSON object only, no prose, matching this JSON "
-            f"schema:\n{json.dumps(schema, separators=(',', ':'))}"
-        )
+        if mode != "json_schema":  # the schema goes in the prompt (not built otherwise)
+            system = (
+                f"{system}\n\nReply with one JSON object only, no prose, matching this JSON "
+                f"schema:\n{json.dumps(schema, separators=(',', ':'))}"
+            )
         params: dict[str, Any] = {
             "model": self.model,
             "messages": [
-                {"role": "system", "content": system if mode == "json_schema" else described},
+                {"role": "system", "content": system},
                 {"role": "user", "content": transcript},
             ],
             "temperature": _EXTRACTION_TEMPERATURE,

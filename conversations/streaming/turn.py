@@ -298,8 +298,9 @@ async def _wait_reader(reader: asyncio.Task[StreamEnd], outcome: ReplyOutcome, l
 async def _store(
     turn: PreparedTurn, provider: Provider, outcome: ReplyOutcome, log: dict
 ) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
-    """Extract flows, then store the reply, the new flows and the changes to the context's
-    flows and settle the quota in one transaction; the stored flows, the quota afterwards
+    """Extract flows (naming a new conversation in the same call), then store the reply,
+    the new flows, the changes to the context's flows and the title and settle the quota in
+    one transaction; the stored flows, the quota afterwards
     and the changed flows (``flows_extracted``'s ``updated``). ``outcome`` ends as stored (a
     reply the sweeper interrupted meanwhile stays ``interrupted``: see ``turn_finish``).
 
@@ -310,13 +311,20 @@ async def _store(
     try:
         extractor = _system_provider(provider)
         outcome.extraction_route = (extractor.name, extractor.model)
-        (extracted, extraction_usage, extraction_error), title_call = await asyncio.gather(
-            extraction_bounded(
-                lambda: _extract(turn, extractor, outcome.content, outcome.status),
-                message_id=turn.assistant_message.id,
-                skipped=(ExtractedFlows(), None, ""),  # saturated (docs/api.md#load-shedding)
-            ),
-            _title_bounded(turn, extractor, outcome),
+        titled = _title_due(turn, outcome)
+        extracted, extraction_usage, extraction_error = await extraction_bounded(
+            lambda: _extract(turn, extractor, outcome.content, outcome.status, title=titled),
+            message_id=turn.assistant_message.id,
+            skipped=(ExtractedFlows(), None, ""),  # saturated (docs/api.md#load-shedding)
+        )
+        # The title came with the extraction, or (extraction off, failed, skipped, or no
+        # usable title in its answer) from a title call of its own.
+        title_call = (
+            TitleCall(title=extracted.title)
+            if extracted.title
+            else await _title_bounded(turn, extractor, outcome)
+            if titled
+            else None
         )
         applied, quota = await db_run_urgent(
             turn_finish,
@@ -430,10 +438,11 @@ async def _run(generation: Generation, turn: PreparedTurn, provider: Provider) -
 
 
 async def _extract(
-    turn: PreparedTurn, provider: Provider, text: str, status: str
+    turn: PreparedTurn, provider: Provider, text: str, status: str, *, title: bool = False
 ) -> tuple[ExtractedFlows, Usage | None, str]:
-    """New flows and changes to the context's listed flows, from the conversation; a
-    failure is a warning, never the turn's error."""
+    """New flows and changes to the context's listed flows, from the conversation (with
+    ``title``, the conversation's title too); a failure is a warning, never the turn's
+    error."""
     if status != Message.Status.COMPLETE or not settings.FLOWS_EXTRACTION_ENABLED:
         return ExtractedFlows(), None, ""
     transcript = [*turn.history, ChatMessage("assistant", text)]
@@ -446,6 +455,7 @@ async def _extract(
                 context_name=turn.context_name,
                 today=timezone.now().date(),
                 flows=turn.flows,
+                title=title,
             ),
             timeout=settings.AI_TIMEOUT_SECONDS,
         )
@@ -463,19 +473,25 @@ async def _extract(
             "drafts": len(extracted.drafts),
             "updates": len(extracted.updates),
             "listed_flows": len(turn.flows),
+            "title_chars": len(extracted.title),
             "duration_ms": int((time.monotonic() - started) * 1000),
         },
     )
     return extracted, usage, ""
 
 
+def _title_due(turn: PreparedTurn, outcome: ReplyOutcome) -> bool:
+    """Whether the turn names its conversation: its first complete reply (or a later one
+    while a title is still due; docs/api.md#titles)."""
+    return turn.needs_title and outcome.status == Message.Status.COMPLETE
+
+
 async def _title_bounded(
     turn: PreparedTurn, provider: Provider, outcome: ReplyOutcome
 ) -> TitleCall | None:
-    """:func:`_title` when one is due, bounded with the extractions: ``None`` (the title
-    stays due for the next turn) when the process is saturated (docs/api.md#titles)."""
-    if not turn.needs_title or outcome.status != Message.Status.COMPLETE:
-        return None
+    """A title call of its own (:func:`_title`), bounded with the extractions: ``None``
+    (the title stays due for the next turn) when the process is saturated
+    (docs/api.md#titles)."""
     return await extraction_bounded(
         lambda: _title(turn, provider, outcome.content),
         message_id=turn.assistant_message.id,

@@ -327,10 +327,10 @@ def test_the_first_reply_names_the_conversation_with_a_title_event(server, alice
         "title": expected,
     }
     assert Conversation.objects.get(pk=title["conversation_id"]).title == expected
-    # Its tokens: their own ledger line, charged with the turn.
+    # The flow extraction named it in the same call: no title call, one line for both.
     lines = UsageRecord.objects.filter(conversation_id=title["conversation_id"])
-    assert sorted(lines.values_list("purpose", flat=True)) == ["extraction", "reply", "title"]
-    assert lines.get(purpose="title").tokens_charged > 0
+    assert sorted(lines.values_list("purpose", flat=True)) == ["extraction", "reply"]
+    assert lines.get(purpose="extraction").tokens_charged > 0
     # A resume replays the same events, the title included, at the same ids.
     message_id = first.first("metadata").data["message_id"]
     replay = stream("GET", f"{server.url}/api/v1/messages/{message_id}/stream", token=token)
@@ -379,6 +379,61 @@ def test_a_failed_title_call_is_not_the_turns_error(server, alice):
     later = next_turn(server, token, conversation_id, "And then?")
     assert "title" not in later.names()
     assert UsageRecord.objects.filter(conversation_id=conversation_id, purpose="title").count() == 1
+
+
+def test_through_the_openai_sdk_the_extraction_names_the_conversation_or_a_title_call_does(
+    daphne_factory, transactional_db, alice
+):
+    _, token, context = alice
+    with FakeOpenAIServer() as fake:
+        server = daphne_factory(
+            AI_PROVIDER="openai",
+            AI_MAX_RETRIES="0",
+            AI_TIMEOUT_SECONDS="5",
+            OPENAI_API_KEY="sk-test-titles",
+            OPENAI_BASE_URL=fake.base_url,
+        )
+        # A model that answers the titled schema: one structured call names it.
+        fake.push(OpenAIScript(tokens=["Sure, ", "let's plan."]))
+        answer = {"flows": [], "updated": [], "title": '"Lisbon offsite planning."'}
+        fake.push(OpenAIScript(content=json.dumps(answer), prompt_tokens=300))
+        first = first_turn(server, token, context, text="Help me plan the Lisbon offsite")
+        assert first.names()[-3:] == ["flows_extracted", "title", "done"]
+        assert first.first("title").data["title"] == "Lisbon offsite planning"  # cleaned
+        calls = [r.body for r in fake.requests if not r.body.get("stream")]
+        assert len(calls) == 1
+        format_ = calls[0]["response_format"]["json_schema"]
+        assert format_["name"] == "flows_extraction"
+        assert "title" in format_["schema"]["required"]
+        assert "3. title:" in calls[0]["messages"][0]["content"]
+        conversation_id = first.first("metadata").data["conversation_id"]
+        lines = UsageRecord.objects.filter(conversation_id=conversation_id)
+        assert sorted(lines.values_list("purpose", flat=True)) == ["extraction", "reply"]
+        assert lines.get(purpose="extraction").input_tokens == 300
+
+        # A model that leaves the title out: a title call of its own, after the extraction.
+        fake.requests.clear()
+        fake.push(OpenAIScript(tokens=["Noted."]))
+        fake.push(OpenAIScript(content=json.dumps({"flows": [], "updated": []})))
+        fake.push(OpenAIScript(content=json.dumps({"title": "Dentist appointment"})))
+        second = first_turn(server, token, context, text="I need to call the dentist")
+        assert second.first("title").data["title"] == "Dentist appointment"
+        calls = [r.body for r in fake.requests if not r.body.get("stream")]
+        names = [c["response_format"]["json_schema"]["name"] for c in calls]
+        assert names == ["flows_extraction", "conversation_title"]
+        conversation_id = second.first("metadata").data["conversation_id"]
+        purposes = UsageRecord.objects.filter(conversation_id=conversation_id).values_list(
+            "purpose", flat=True
+        )
+        assert sorted(purposes) == ["extraction", "reply", "title"]
+
+        # A later turn asks for flows only.
+        fake.requests.clear()
+        fake.push(OpenAIScript(tokens=["Ok."]))
+        later = next_turn(server, token, conversation_id, "Tomorrow morning")
+        assert "title" not in later.names()
+        (call,) = [r.body for r in fake.requests if not r.body.get("stream")]
+        assert "title" not in call["response_format"]["json_schema"]["schema"]["properties"]
 
 
 # --- Idempotency-Key -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from ai.providers.base import ChatMessage
 from ai.providers.mock import MockProvider
 from flows.extraction import (
     FLOW_EXTRACTION_SCHEMA,
+    FLOW_EXTRACTION_TITLED_SCHEMA,
     MAX_FLOWS,
     ExtractedFlows,
     FlowDraft,
@@ -26,6 +27,7 @@ from flows.extraction import (
     render_transcript,
     title_key,
     validate_drafts,
+    validate_extraction,
 )
 from tests.fakes.anthropic_server import AnthropicScript, wire_text
 from tests.fakes.openai_server import OpenAIScript, error_body
@@ -68,6 +70,28 @@ def test_schema_is_strict_compatible():
     assert change["properties"]["status"]["enum"] == ["open", "done", None]
     for node in change["properties"].values():
         assert node["type"] == ["string", "null"]  # null: no change (strict mode needs all)
+
+
+def test_the_titled_schema_adds_a_required_title_and_leaves_the_plain_one_alone():
+    for obj in _objects(FLOW_EXTRACTION_TITLED_SCHEMA):
+        assert obj["additionalProperties"] is False
+        assert sorted(obj["required"]) == sorted(obj["properties"])
+    assert FLOW_EXTRACTION_TITLED_SCHEMA["properties"]["title"]["type"] == "string"
+    assert FLOW_EXTRACTION_TITLED_SCHEMA["required"] == ["flows", "updated", "title"]
+    assert "title" not in FLOW_EXTRACTION_SCHEMA["properties"]
+    assert FLOW_EXTRACTION_SCHEMA["required"] == ["flows", "updated"]
+    plain = extraction_system_prompt("Work", TODAY)
+    titled = extraction_system_prompt("Work", TODAY, title=True)
+    assert "title:" not in plain.split("2. updated")[1] and '"title": "..."' not in plain
+    assert "3. title:" in titled and '"title": "..."' in titled
+
+
+def test_a_title_is_read_only_when_asked_and_cleaned():
+    payload = {"flows": [], "updated": [], "title": ' "<b>Trip</b> to Rome." '}
+    assert validate_extraction(payload, title=True).title == "Trip to Rome"
+    assert validate_extraction(payload).title == ""
+    for bad in ({"flows": []}, {"flows": [], "title": 42}, {"title": "   "}, ["a list"]):
+        assert validate_extraction(bad, title=True).title == ""
 
 
 # --- validate_drafts ----------------------------------------------------------------------------
@@ -333,6 +357,41 @@ async def test_anthropic_tool_path(anthropic_server):
     assert body["tools"][0]["input_schema"] == FLOW_EXTRACTION_SCHEMA
     assert body["tool_choice"] == {"type": "tool", "name": body["tools"][0]["name"]}
     assert wire_text(body["system"]) == extraction_system_prompt("Work", TODAY)
+
+
+@pytest.mark.usefixtures("anthropic_settings")
+async def test_anthropic_tool_path_names_the_conversation_when_asked(anthropic_server):
+    tool_input = {"flows": [item("Call the client")], "updated": [], "title": "Client call"}
+    anthropic_server.push(AnthropicScript(tool_input=tool_input))
+    extracted, _ = await flows_extract(
+        get_provider(), messages=CHAT, context_name="Work", today=TODAY, title=True
+    )
+    assert extracted.title == "Client call"
+    assert [d.title for d in extracted.drafts] == ["Call the client"]
+    body = anthropic_server.requests[0].body
+    assert body["tools"][0]["input_schema"] == FLOW_EXTRACTION_TITLED_SCHEMA
+    assert wire_text(body["system"]) == extraction_system_prompt("Work", TODAY, title=True)
+
+
+@pytest.mark.usefixtures("openai_settings")
+async def test_openai_path_names_the_conversation_when_asked(openai_server):
+    openai_server.push(OpenAIScript(content=json.dumps({"flows": [], "title": "Travel plans"})))
+    extracted, _ = await flows_extract(
+        get_provider(), messages=CHAT, context_name="Work", today=TODAY, title=True
+    )
+    assert extracted.title == "Travel plans"
+    schema = openai_server.requests[0].body["response_format"]["json_schema"]["schema"]
+    assert schema == FLOW_EXTRACTION_TITLED_SCHEMA
+
+
+async def test_the_mock_names_the_conversation_only_when_asked():
+    mock = MockProvider(token_delay_ms=0)
+    titled, _ = await flows_extract(mock, messages=CHAT, context_name="W", today=TODAY, title=True)
+    plain, _ = await flows_extract(mock, messages=CHAT, context_name="W", today=TODAY)
+    assert titled.title and titled.title == titled.title.strip() and plain.title == ""
+    failing = [ChatMessage("user", "Plan a trip [[mock:title-fail]]")]
+    none, _ = await flows_extract(mock, messages=failing, context_name="W", today=TODAY, title=True)
+    assert none.title == ""
 
 
 @pytest.mark.usefixtures("anthropic_settings")
