@@ -231,7 +231,9 @@ def turn_reservation(
     Tokens: the prompt the model will see plus the longest reply and, when flow extraction
     is on, the most the extraction call after the reply may spend, the context's listed
     ``flows`` included (:func:`extraction_reservation_tokens`), and with ``title`` the title
-    call's most (:func:`ai.titles.title_reservation_tokens`). Cost, the worst case at the
+    ask inside that call and a separate title call's most
+    (:func:`ai.titles.title_reservation_tokens`), which follows when the extraction gave
+    no title. Cost, the worst case at the
     model's price valid at ``at`` (0 for an unpriced model): the prompt at the dearer of
     the input and cache-write rates, and the rest at the dearest rate of all (the output
     rate for known models), so the real cost never passes it while the provider keeps to
@@ -248,8 +250,9 @@ def turn_reservation(
             today=at.date(),
             reply_max_tokens=settings.AI_MAX_OUTPUT_TOKENS,
             flows=flows,
+            title=title,  # the first extraction also asks for the title
         )
-    if title:
+    if title:  # and a title call of its own may follow when it gives none
         tokens += title_reservation_tokens(history, reply_max_tokens=settings.AI_MAX_OUTPUT_TOKENS)
     prices = [
         price

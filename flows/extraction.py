@@ -455,13 +455,14 @@ def validate_extraction(
 
 
 @functools.cache
-def _schema_tokens() -> int:
-    return estimate_tokens(json.dumps(FLOW_EXTRACTION_SCHEMA, separators=(",", ":")))
+def _schema_tokens(title: bool) -> int:
+    schema = FLOW_EXTRACTION_TITLED_SCHEMA if title else FLOW_EXTRACTION_SCHEMA
+    return estimate_tokens(json.dumps(schema, separators=(",", ":")))
 
 
 @functools.lru_cache(maxsize=1024)
-def _prompt_tokens(context_name: str, today: dt.date) -> int:
-    return estimate_tokens(extraction_system_prompt(context_name, today))
+def _prompt_tokens(context_name: str, today: dt.date, title: bool) -> int:
+    return estimate_tokens(extraction_system_prompt(context_name, today, title=title))
 
 
 def extraction_reservation_tokens(
@@ -471,19 +472,20 @@ def extraction_reservation_tokens(
     today: dt.date,
     reply_max_tokens: int,
     flows: Sequence[ListedFlow] = (),
+    title: bool = False,
 ) -> int:
     """The most tokens :func:`flows_extract` may spend after a reply to ``messages`` of at
     most ``reply_max_tokens`` (docs/api.md#quota): reserved with the reply, before either
     call is made.
 
-    Input: the extraction prompt and its schema, the listed ``flows``, the transcript of
-    ``messages`` and of the reply (counted at its most), and the provider's framing;
-    output: at most :data:`EXTRACTION_MAX_OUTPUT_TOKENS`. Estimated conservatively
-    (``estimate_tokens``).
+    Input: the extraction prompt and its schema (with ``title``, the ones that also ask for
+    the conversation's title), the listed ``flows``, the transcript of ``messages`` and of
+    the reply (counted at its most), and the provider's framing; output: at most
+    :data:`EXTRACTION_MAX_OUTPUT_TOKENS`. Estimated conservatively (``estimate_tokens``).
     """
     return (
-        _prompt_tokens(context_name, today)
-        + _schema_tokens()
+        _prompt_tokens(context_name, today, title)
+        + _schema_tokens(title)
         + estimate_tokens(render_extraction_input(messages, flows))
         + reply_max_tokens
         + EXTRACTION_FRAMING_TOKENS

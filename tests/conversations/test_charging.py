@@ -9,6 +9,7 @@ extraction call as well as the reply.
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -22,13 +23,19 @@ from ai.prompts import model_prompt_tokens
 from ai.providers import anthropic as anthropic_adapter
 from ai.providers import openai as openai_adapter
 from ai.providers.base import ChatMessage, Usage
-from ai.titles import title_reservation_tokens
+from ai.titles import (
+    TITLE_MAX_OUTPUT_TOKENS,
+    TITLE_SYSTEM_PROMPT,
+    render_title_transcript,
+    title_reservation_tokens,
+)
 from conversations.models import Message
 from conversations.streaming.turn import prepare_turn
 from conversations.turn_finish import ReplyOutcome, turn_finish
 from conversations.turn_start import PreparedTurn
 from flows.extraction import (
     EXTRACTION_MAX_OUTPUT_TOKENS,
+    FLOW_EXTRACTION_TITLED_SCHEMA,
     extraction_system_prompt,
     render_transcript,
 )
@@ -151,6 +158,39 @@ def test_the_reservation_holds_the_reply_and_the_flow_extraction(settings) -> No
     assert turn.reserved[0] >= worst
     held = Quota.objects.get(user=user).tokens_reserved
     assert held == turn.reserved[0]
+
+
+def test_a_first_turn_reserves_the_titled_extraction_and_a_title_call_after_it(
+    settings,
+) -> None:
+    """A new conversation's extraction also asks for its title (a longer prompt and
+    schema), and a title call of its own may follow it: both at their longest are held,
+    counted with a real tokenizer."""
+    settings.FLOWS_EXTRACTION_ENABLED = True
+    user = factories.make_user("titled")
+    turn = start_turn(user)
+    assert turn.reserved is not None and turn.needs_title
+    longest = settings.AI_MAX_OUTPUT_TOKENS
+    reply = " word" * longest
+    history = [*turn.history, ChatMessage("assistant", reply)]
+    today = timezone.now().date()
+    titled_prompt = extraction_system_prompt(turn.context_name, today, title=True)
+    schema = json.dumps(FLOW_EXTRACTION_TITLED_SCHEMA, separators=(",", ":"))
+    reply_call = real_tokens(turn.system) + sum(real_tokens(m.content) for m in turn.history)
+    extraction_call = (
+        real_tokens(titled_prompt) + real_tokens(schema) + real_tokens(render_transcript(history))
+    )
+    exchange = [turn.history[-1], ChatMessage("assistant", reply)]
+    title_call = real_tokens(TITLE_SYSTEM_PROMPT) + real_tokens(render_title_transcript(exchange))
+    worst = (
+        reply_call
+        + longest
+        + extraction_call
+        + EXTRACTION_MAX_OUTPUT_TOKENS
+        + title_call
+        + TITLE_MAX_OUTPUT_TOKENS
+    )
+    assert turn.reserved[0] >= worst
 
 
 def test_without_extraction_only_the_reply_and_the_title_are_reserved(settings) -> None:

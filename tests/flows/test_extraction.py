@@ -11,7 +11,7 @@ import pytest
 
 from ai.errors import AIUnavailable
 from ai.providers import get_provider
-from ai.providers.base import ChatMessage
+from ai.providers.base import ChatMessage, estimate_tokens
 from ai.providers.mock import MockProvider
 from flows.extraction import (
     FLOW_EXTRACTION_SCHEMA,
@@ -21,6 +21,7 @@ from flows.extraction import (
     FlowDraft,
     FlowUpdate,
     ListedFlow,
+    extraction_reservation_tokens,
     extraction_system_prompt,
     flows_extract,
     render_extraction_input,
@@ -84,6 +85,20 @@ def test_the_titled_schema_adds_a_required_title_and_leaves_the_plain_one_alone(
     titled = extraction_system_prompt("Work", TODAY, title=True)
     assert "title:" not in plain.split("2. updated")[1] and '"title": "..."' not in plain
     assert "3. title:" in titled and '"title": "..."' in titled
+
+
+def test_a_titled_extraction_reserves_its_longer_prompt_and_schema():
+    common = {"messages": CHAT, "context_name": "Work", "today": TODAY, "reply_max_tokens": 500}
+    plain = extraction_reservation_tokens(**common)
+    titled = extraction_reservation_tokens(**common, title=True)
+    extra_prompt = estimate_tokens(
+        extraction_system_prompt("Work", TODAY, title=True)
+    ) - estimate_tokens(extraction_system_prompt("Work", TODAY))
+    extra_schema = estimate_tokens(
+        json.dumps(FLOW_EXTRACTION_TITLED_SCHEMA, separators=(",", ":"))
+    ) - estimate_tokens(json.dumps(FLOW_EXTRACTION_SCHEMA, separators=(",", ":")))
+    assert extra_prompt > 0 and extra_schema > 0
+    assert titled - plain == extra_prompt + extra_schema
 
 
 def test_a_title_is_read_only_when_asked_and_cleaned():
