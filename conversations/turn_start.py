@@ -233,13 +233,12 @@ def turn_reservation(
     ``flows`` included (:func:`extraction_reservation_tokens`), and with ``title`` the title
     ask inside that call and a separate title call's most
     (:func:`ai.titles.title_reservation_tokens`), which follows when the extraction gave
-    no title. Cost, the worst case at the
-    model's price valid at ``at`` (0 for an unpriced model): the prompt at the dearer of
-    the input and cache-write rates, and the rest at the dearest rate of all (the output
-    rate for known models), so the real cost never passes it while the provider keeps to
-    the estimate. With ``also_priced`` (the failover routes and the system route), each
-    rate is the dearest of all those models' (docs/api.md#routing): a failover never
-    passes the hold.
+    no title. Cost, the worst case at the model's price valid at ``at`` (0 for an unpriced
+    model): the prompt at the dearer of the input and cache-write rates, and the rest at
+    the dearest rate of all (the output rate for known models), so the real cost never
+    passes it while the provider keeps to the estimate. With ``also_priced`` (the failover
+    routes and the system route), each rate is the dearest of all those models'
+    (docs/api.md#routing): a failover never passes the hold.
     """
     prompt = model_prompt_tokens(system, history)
     tokens = prompt + settings.AI_MAX_OUTPUT_TOKENS

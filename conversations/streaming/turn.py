@@ -300,9 +300,9 @@ async def _store(
 ) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
     """Extract flows (naming a new conversation in the same call), then store the reply,
     the new flows, the changes to the context's flows and the title and settle the quota in
-    one transaction; the stored flows, the quota afterwards
-    and the changed flows (``flows_extracted``'s ``updated``). ``outcome`` ends as stored (a
-    reply the sweeper interrupted meanwhile stays ``interrupted``: see ``turn_finish``).
+    one transaction; the stored flows, the quota afterwards and the changed flows
+    (``flows_extracted``'s ``updated``). ``outcome`` ends as stored (a reply the sweeper
+    interrupted meanwhile stays ``interrupted``: see ``turn_finish``).
 
     A failure here turns the outcome into ``failed`` / ``internal_error`` and releases the
     reservation at once (a hold nothing would ever close if the reply is gone); the reply
