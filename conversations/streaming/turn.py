@@ -448,17 +448,17 @@ async def _extract(
     transcript = [*turn.history, ChatMessage("assistant", text)]
     started = time.monotonic()
     try:
-        extracted, usage = await asyncio.wait_for(
-            flows_extract(
+        # asyncio.timeout, not wait_for: no task of its own (Python 3.11's wait_for makes
+        # one), so no extra turns of a saturated event loop before ``done``.
+        async with asyncio.timeout(settings.AI_TIMEOUT_SECONDS):
+            extracted, usage = await flows_extract(
                 provider,
                 messages=transcript,
                 context_name=turn.context_name,
                 today=timezone.now().date(),
                 flows=turn.flows,
                 title=title,
-            ),
-            timeout=settings.AI_TIMEOUT_SECONDS,
-        )
+            )
     except Exception as exc:
         code = exc.code if isinstance(exc, AIError) else "internal_error"
         logger.warning(
@@ -506,9 +506,8 @@ async def _title(turn: PreparedTurn, provider: Provider, text: str) -> TitleCall
     exchange = [ChatMessage("user", turn.user_message.content), ChatMessage("assistant", text)]
     started = time.monotonic()
     try:
-        title, usage = await asyncio.wait_for(
-            title_generate(provider, messages=exchange), timeout=settings.AI_TIMEOUT_SECONDS
-        )
+        async with asyncio.timeout(settings.AI_TIMEOUT_SECONDS):  # as in _extract
+            title, usage = await title_generate(provider, messages=exchange)
     except Exception as exc:
         code = exc.code if isinstance(exc, AIError) else "internal_error"
         logger.warning(

@@ -8,14 +8,19 @@ a call that ran, whatever it answered, settles it; a title the user set is never
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.contrib.auth.models import AbstractBaseUser
 
 from ai.models import UsageRecord
 from ai.providers.base import Usage
+from ai.providers.mock import MockProvider
 from conversations.models import Conversation
+from conversations.streaming import turn as turn_module
 from conversations.streaming.turn import prepare_turn
 from conversations.turn_finish import ReplyOutcome, TitleCall, turn_finish
 from conversations.turn_start import PreparedTurn
@@ -91,3 +96,27 @@ def test_without_titles_nothing_is_due(user, settings):
     settings.CHAT_TITLES_ENABLED = False
     first = turn(user, context_id=str(factories.make_context(user).id))
     assert not first.needs_title
+
+
+class _Stalled(MockProvider):
+    """A provider whose structured calls never answer."""
+
+    async def extract_structured(self, **kwargs: Any) -> Any:  # type: ignore[override]
+        await asyncio.sleep(30)
+
+
+async def test_a_stalled_extraction_or_title_call_ends_at_ai_timeout_seconds(user, settings):
+    """Both calls are bounded by ``AI_TIMEOUT_SECONDS``: past it the turn goes on without
+    flows or title (``internal_error`` on the ledger line), it never hangs."""
+    settings.AI_TIMEOUT_SECONDS = 0.2
+    context = await sync_to_async(factories.make_context)(user)
+    prepared = await sync_to_async(turn)(user, context_id=str(context.id))
+    provider = _Stalled(token_delay_ms=0)
+    started = time.monotonic()
+    extracted, usage, error = await turn_module._extract(
+        prepared, provider, "Sure.", "complete", title=True
+    )
+    titled = await turn_module._title(prepared, provider, "Sure.")
+    assert time.monotonic() - started < 2
+    assert (extracted.drafts, extracted.title, usage, error) == ([], "", None, "internal_error")
+    assert (titled.title, titled.usage, titled.error) == ("", None, "internal_error")
