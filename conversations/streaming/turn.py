@@ -319,13 +319,11 @@ async def _store(
         )
         # The title came with the extraction, or (extraction off, failed, skipped, or no
         # usable title in its answer) from a title call of its own.
-        title_call = (
-            TitleCall(title=extracted.title)
-            if extracted.title
-            else await _title_bounded(turn, extractor, outcome)
-            if titled
-            else None
-        )
+        title_call: TitleCall | None = None
+        if extracted.title:
+            title_call = TitleCall(title=extracted.title)
+        elif titled:
+            title_call = await _title_bounded(turn, extractor, outcome)
         applied, quota = await db_run_urgent(
             turn_finish,
             turn=turn,

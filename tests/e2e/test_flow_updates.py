@@ -132,14 +132,9 @@ def test_a_hostile_model_cannot_change_other_users_or_contexts_flows(
     daphne_factory, transactional_db, fake_openai
 ):
     server = daphne_factory(
-        AI_PROVIDER="openai",
-        AI_MAX_RETRIES="0",
-        AI_TIMEOUT_SECONDS="5",
-        OPENAI_API_KEY="sk-test-flow-updates",
-        OPENAI_BASE_URL=fake_openai.base_url,
-        # The scripted extraction reply must go to the extraction call, not to a title
-        # call made at the same time.
-        CHAT_TITLES_ENABLED="false",
+        # No title asked or called: the scripted extraction reply is the only structured
+        # call of the turn.
+        **fake_openai.daphne_env("sk-test-flow-updates", CHAT_TITLES_ENABLED="false")
     )
     alice = factories.make_user("alice")
     token = factories.make_token(alice)

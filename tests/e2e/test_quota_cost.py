@@ -49,15 +49,13 @@ def test_a_priced_turn_is_charged_its_cost_and_the_next_is_refused_naming_cost(
             OpenAIScript(tokens=['{"flows": []}'], prompt_tokens=1000, completion_tokens=10),
         )  # fmt: skip
         server = daphne_factory(
-            AI_PROVIDER="openai",
-            AI_MODEL="gpt-4o-mini",
-            AI_MAX_RETRIES="0",
-            AI_TIMEOUT_SECONDS="5",
-            CHAT_TITLES_ENABLED="false",  # the reply and extraction prices only (titles:
-            # tests/e2e/test_steering.py)
-            AI_MAX_OUTPUT_TOKENS="1000",
-            OPENAI_API_KEY="sk-test-quota-cost",
-            OPENAI_BASE_URL=fake.base_url,
+            # The reply and extraction prices only (titles: tests/e2e/test_steering.py).
+            **fake.daphne_env(
+                "sk-test-quota-cost",
+                AI_MODEL="gpt-4o-mini",
+                CHAT_TITLES_ENABLED="false",
+                AI_MAX_OUTPUT_TOKENS="1000",
+            )
         )
         result = stream(
             "POST", f"{server.url}/api/v1/conversations/stream", token=token, json_body=body

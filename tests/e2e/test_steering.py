@@ -235,13 +235,7 @@ def test_edit_supersedes_the_message_and_everything_after_it(server, alice):
 def test_superseded_messages_never_reach_the_model(daphne_factory, transactional_db, alice):
     _, token, context = alice
     with FakeOpenAIServer() as fake:
-        server = daphne_factory(
-            AI_PROVIDER="openai",
-            AI_MAX_RETRIES="0",
-            AI_TIMEOUT_SECONDS="5",
-            OPENAI_API_KEY="sk-test-steering",
-            OPENAI_BASE_URL=fake.base_url,
-        )
+        server = daphne_factory(**fake.daphne_env("sk-test-steering"))
         fake.push(OpenAIScript(tokens=["FIRST-", "ANSWER"]))
         first = first_turn(server, token, context, text="ORIGINAL-QUESTION")
         meta = first.first("metadata").data
@@ -386,13 +380,7 @@ def test_through_the_openai_sdk_the_extraction_names_the_conversation_or_a_title
 ):
     _, token, context = alice
     with FakeOpenAIServer() as fake:
-        server = daphne_factory(
-            AI_PROVIDER="openai",
-            AI_MAX_RETRIES="0",
-            AI_TIMEOUT_SECONDS="5",
-            OPENAI_API_KEY="sk-test-titles",
-            OPENAI_BASE_URL=fake.base_url,
-        )
+        server = daphne_factory(**fake.daphne_env("sk-test-titles"))
         # A model that answers the titled schema: one structured call names it.
         fake.push(OpenAIScript(tokens=["Sure, ", "let's plan."]))
         answer = {"flows": [], "updated": [], "title": '"Lisbon offsite planning."'}

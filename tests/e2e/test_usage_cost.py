@@ -41,14 +41,10 @@ def test_a_turn_with_cached_prompt_tokens_is_priced_by_kind(daphne_factory, tran
             OpenAIScript(tokens=['{"flows": []}'], prompt_tokens=1000, completion_tokens=10),
         )  # fmt: skip
         server = daphne_factory(
-            AI_PROVIDER="openai",
-            AI_MODEL="gpt-4o-mini",
-            AI_MAX_RETRIES="0",
-            AI_TIMEOUT_SECONDS="5",
-            CHAT_TITLES_ENABLED="false",  # the reply and extraction prices only (titles:
-            # tests/e2e/test_steering.py)
-            OPENAI_API_KEY="sk-test-usage-cost",
-            OPENAI_BASE_URL=fake.base_url,
+            # The reply and extraction prices only (titles: tests/e2e/test_steering.py).
+            **fake.daphne_env(
+                "sk-test-usage-cost", AI_MODEL="gpt-4o-mini", CHAT_TITLES_ENABLED="false"
+            )
         )
         alice = factories.make_user("alice")
         token = factories.make_token(alice)

@@ -84,6 +84,18 @@ class FakeOpenAIServer(FakeServer):
         """What ``OPENAI_BASE_URL`` should be."""
         return f"{self.url}/v1"
 
+    def daphne_env(self, api_key: str, **extra: str) -> dict[str, str]:
+        """A daphne server's environment with this server as its provider: no retries, a
+        5 s timeout, plus ``extra``."""
+        return {
+            "AI_PROVIDER": "openai",
+            "AI_MAX_RETRIES": "0",
+            "AI_TIMEOUT_SECONDS": "5",
+            "OPENAI_API_KEY": api_key,
+            "OPENAI_BASE_URL": self.base_url,
+            **extra,
+        }
+
     def handle(self, request: RecordedRequest, writer: Writer) -> None:
         body = request.body if isinstance(request.body, dict) else {}
         if request.path.rstrip("/") != "/v1/chat/completions":
