@@ -1,0 +1,68 @@
+"""core.cache.PooledRedisCache against the local Redis: one pool per process, whatever the
+thread or async context that asks (Django's own makes one per cache instance)."""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+
+import pytest
+import redis
+from django.core.cache.backends.redis import RedisCache
+
+from core.cache import PooledRedisCache
+
+URL = "redis://127.0.0.1:6379/9"
+
+
+@pytest.fixture
+def server() -> redis.Redis:
+    client = redis.Redis.from_url(URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+def connections_made(server: redis.Redis, use) -> int:
+    """New connections the Redis server accepted while ``use()`` ran."""
+    before = server.info("stats")["total_connections_received"]
+    use()
+    return server.info("stats")["total_connections_received"] - before
+
+
+def in_fresh_contexts_and_threads(backend: type[RedisCache]) -> None:
+    """Five uses from five contexts (as of five async requests) and five from five threads,
+    each on its own cache instance, as ``django.core.cache.caches`` hands them out."""
+
+    def read() -> None:
+        cache = backend(URL, {})
+        cache.set("k", "v")
+        assert cache.get("k") == "v"
+
+    for _ in range(5):
+        contextvars.copy_context().run(read)
+    # One thread after another: a pool opens more connections only for commands that overlap.
+    for _ in range(5):
+        thread = threading.Thread(target=read)
+        thread.start()
+        thread.join()
+
+
+def test_instances_share_one_pool(server):
+    assert connections_made(server, lambda: in_fresh_contexts_and_threads(PooledRedisCache)) <= 1
+
+
+def test_djangos_own_cache_connects_per_instance(server):
+    """Why core.cache exists: when this fails, Django shares its pools (tickets #33625,
+    #35651) and PooledRedisCache can go."""
+    assert connections_made(server, lambda: in_fresh_contexts_and_threads(RedisCache)) >= 10
+
+
+def test_other_servers_or_options_get_their_own_client(server):
+    one, same = PooledRedisCache(URL, {}), PooledRedisCache(URL, {})
+    other_db = PooledRedisCache("redis://127.0.0.1:6379/10", {})
+    other_options = PooledRedisCache(URL, {"OPTIONS": {"socket_timeout": 3}})
+    assert one._cache is same._cache
+    assert len({id(c._cache) for c in (one, other_db, other_options)}) == 3
+    other_options.set("k", 1)
+    assert one.get("k") == 1  # same server and database, another pool
