@@ -15,11 +15,12 @@ from accounts.ws import SameOriginValidator, TokenOrSessionAuthMiddlewareStack  
 from conversations.routing import websocket_urlpatterns  # noqa: E402
 from conversations.streaming.background import start_background  # noqa: E402
 from core.asgi_limits import BodySizeLimitMiddleware  # noqa: E402
-from core.startup import check_server_start  # noqa: E402
+from core.startup import check_server_start, tune_interpreter  # noqa: E402
 from webhooks.delivery import start_delivery  # noqa: E402
 
 # Logs what the system checks find; refuses to start without the collected static files.
 check_server_start()
+tune_interpreter()
 
 CHAT_PATHS = ("/api/v1/conversations/stream", "/api/ai/chat/stream")
 

@@ -11,9 +11,11 @@ collected static files (every page naming one would answer 500): see
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
@@ -69,3 +71,15 @@ def check_server_start(fatal_checks: Sequence[Callable[..., Any]] = FATAL_START_
             "The server cannot start: "
             + " ".join(f"{m.msg} {m.hint or ''}".strip() + f" ({m.id})" for m in fatal)
         )
+
+
+def tune_interpreter() -> float:
+    """Set the interpreter's thread switch interval to ``GIL_SWITCH_INTERVAL_MS`` (when
+    above 0) and log it; the interval in force, in seconds. Called once by the ASGI module:
+    a server process only, not ``manage.py``."""
+    interval_ms = settings.GIL_SWITCH_INTERVAL_MS
+    if interval_ms > 0:
+        sys.setswitchinterval(interval_ms / 1000)
+    interval = sys.getswitchinterval()
+    logger.info("startup.switch_interval", extra={"switch_interval_ms": interval * 1000})
+    return interval

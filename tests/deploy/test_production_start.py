@@ -18,6 +18,7 @@ The checks themselves (``core/checks.py``) are also run in-process against other
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -32,6 +33,7 @@ from django.core.checks import Warning
 from django.core.checks.security import base, csrf
 
 from core.checks import check_middleware_subclasses, check_static_files
+from core.startup import tune_interpreter
 from tests.deploy.runner import ROOT, production_environment
 from tests.e2e.server import free_port
 
@@ -221,6 +223,33 @@ def test_after_collectstatic_the_pages_answer_200(served: tuple[str, dict[str, s
 
 
 @pytest.mark.e2e
+def test_the_server_sets_its_switch_interval_from_the_environment(
+    served: tuple[str, dict[str, str]],
+) -> None:
+    """``GIL_SWITCH_INTERVAL_MS`` (chatproject/settings.py) reaches the daphne process."""
+    _, prod_env = served
+    port = free_port()
+    process = daphne({**prod_env, "GIL_SWITCH_INTERVAL_MS": "2.5", "LOG_LEVEL": "INFO"}, port)
+    try:
+        for _ in range(300):
+            if process.poll() is not None:
+                break
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=10)
+    logged = [
+        json.loads(line)
+        for line in output.splitlines()
+        if line.startswith("{") and "startup.switch_interval" in line
+    ]
+    assert [entry["switch_interval_ms"] for entry in logged] == [2.5], output
+
+
+@pytest.mark.e2e
 def test_daphne_refuses_to_start_on_a_stale_manifest(
     served: tuple[str, dict[str, str]],
 ) -> None:
@@ -305,3 +334,15 @@ def test_https_redirect_spares_the_probes_and_the_scraper(settings, client) -> N
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code == 200
     assert client.get("/metrics").status_code == 200
+
+
+@pytest.mark.parametrize(("setting", "expected"), [(1.0, 0.001), (0, None)])
+def test_tune_interpreter_sets_the_switch_interval_unless_zero(settings, setting, expected):
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.004)
+    try:
+        settings.GIL_SWITCH_INTERVAL_MS = setting
+        assert tune_interpreter() == pytest.approx(expected or 0.004)
+        assert sys.getswitchinterval() == pytest.approx(expected or 0.004)
+    finally:
+        sys.setswitchinterval(before)
