@@ -1,5 +1,6 @@
-"""core.cache.PooledRedisCache against the local Redis: one pool per process, whatever the
-thread or async context that asks (Django's own makes one per cache instance)."""
+"""core.cache.PooledRedisCache against a real redis-server (the test's own, so that no other
+test's connections are counted): one pool per process, whatever the thread or async
+context that asks (Django's own makes one per cache instance)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,18 @@ import redis
 from django.core.cache.backends.redis import RedisCache
 
 from core.cache import PooledRedisCache
+from tests.private_redis import PrivateRedis
 
-URL = "redis://127.0.0.1:6379/9"
+
+@pytest.fixture(scope="module")
+def private_redis() -> PrivateRedis:
+    with PrivateRedis() as server:
+        yield server
 
 
 @pytest.fixture
-def server() -> redis.Redis:
-    client = redis.Redis.from_url(URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
+def server(private_redis: PrivateRedis) -> redis.Redis:
+    return redis.Redis.from_url(private_redis.url)
 
 
 def connections_made(server: redis.Redis, use) -> int:
@@ -30,12 +33,12 @@ def connections_made(server: redis.Redis, use) -> int:
     return server.info("stats")["total_connections_received"] - before
 
 
-def in_fresh_contexts_and_threads(backend: type[RedisCache]) -> None:
+def in_fresh_contexts_and_threads(backend: type[RedisCache], url: str) -> None:
     """Five uses from five contexts (as of five async requests) and five from five threads,
     each on its own cache instance, as ``django.core.cache.caches`` hands them out."""
 
     def read() -> None:
-        cache = backend(URL, {})
+        cache = backend(url, {})
         cache.set("k", "v")
         assert cache.get("k") == "v"
 
@@ -48,20 +51,28 @@ def in_fresh_contexts_and_threads(backend: type[RedisCache]) -> None:
         thread.join()
 
 
-def test_instances_share_one_pool(server):
-    assert connections_made(server, lambda: in_fresh_contexts_and_threads(PooledRedisCache)) <= 1
+def test_instances_share_one_pool(server, private_redis):
+    def use() -> None:
+        in_fresh_contexts_and_threads(PooledRedisCache, private_redis.url)
+
+    assert connections_made(server, use) <= 1
 
 
-def test_djangos_own_cache_connects_per_instance(server):
+def test_djangos_own_cache_connects_per_instance(server, private_redis):
     """Why core.cache exists: when this fails, Django shares its pools (tickets #33625,
     #35651) and PooledRedisCache can go."""
-    assert connections_made(server, lambda: in_fresh_contexts_and_threads(RedisCache)) >= 10
+
+    def use() -> None:
+        in_fresh_contexts_and_threads(RedisCache, private_redis.url)
+
+    assert connections_made(server, use) >= 10
 
 
-def test_other_servers_or_options_get_their_own_client(server):
-    one, same = PooledRedisCache(URL, {}), PooledRedisCache(URL, {})
-    other_db = PooledRedisCache("redis://127.0.0.1:6379/10", {})
-    other_options = PooledRedisCache(URL, {"OPTIONS": {"socket_timeout": 3}})
+def test_other_servers_or_options_get_their_own_client(private_redis):
+    url = private_redis.url
+    one, same = PooledRedisCache(url, {}), PooledRedisCache(url, {})
+    other_db = PooledRedisCache(url.replace("/0", "/1"), {})
+    other_options = PooledRedisCache(url, {"OPTIONS": {"socket_timeout": 3}})
     assert one._cache is same._cache
     assert len({id(c._cache) for c in (one, other_db, other_options)}) == 3
     other_options.set("k", 1)

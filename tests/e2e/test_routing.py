@@ -26,6 +26,7 @@ from tests.e2e.test_metrics import sample
 from tests.fakes.anthropic_server import AnthropicScript, FakeAnthropicServer
 from tests.fakes.anthropic_server import error_body as anthropic_error
 from tests.fakes.openai_server import FakeOpenAIServer, OpenAIScript, error_body, rate_limited
+from tests.private_redis import PrivateRedis
 from tests.sse_client import StreamResult, stream
 
 pytestmark = pytest.mark.e2e
@@ -513,25 +514,24 @@ def test_a_clients_model_goes_first_and_the_system_route_extracts(daphne_factory
 def test_turns_share_one_redis_connection_for_the_breaker(upstreams, alice, transactional_db):
     """Every turn reads the breakers from the cache; Django's own ``RedisCache`` opened a
     new connection per request under ASGI (a cache instance per async context), ours keeps
-    one pool per process (core/cache.py)."""
+    one pool per process (core/cache.py). On a redis-server of the test's own, so that
+    only this daphne's connections are counted."""
     import redis
 
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
     openai_fake, anthropic_fake = upstreams
-    server = DaphneServer(
-        env_for(openai_fake.base_url, anthropic_fake.base_url, REDIS_URL=REDIS_URL)
-    ).start()
-    try:
-        _, token, context = alice
-        openai_fake.push(OpenAIScript(tokens=["Warm"]))
-        assert turn(server, token, context).last().event == "done"  # pools made
-        before = client.info("stats")["total_connections_received"]
-        for _ in range(5):
-            openai_fake.push(OpenAIScript(tokens=["Fine"]))
-            assert turn(server, token, context).last().data["provider"] == "openai"
-        opened = client.info("stats")["total_connections_received"] - before
-        assert opened <= 1, f"{opened} Redis connections opened for 5 turns"
-    finally:
-        server.stop()
-        client.flushdb()
+    with PrivateRedis() as private:
+        client = redis.Redis.from_url(private.url)
+        env = env_for(openai_fake.base_url, anthropic_fake.base_url, REDIS_URL=private.url)
+        server = DaphneServer(env).start()
+        try:
+            _, token, context = alice
+            openai_fake.push(OpenAIScript(tokens=["Warm"]))
+            assert turn(server, token, context).last().event == "done"  # pools made
+            before = client.info("stats")["total_connections_received"]
+            for _ in range(5):
+                openai_fake.push(OpenAIScript(tokens=["Fine"]))
+                assert turn(server, token, context).last().data["provider"] == "openai"
+            opened = client.info("stats")["total_connections_received"] - before
+            assert opened <= 1, f"{opened} Redis connections opened for 5 turns"
+        finally:
+            server.stop()

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +30,8 @@ from django.db.models import Sum
 from ai.models import Quota, Reservation, UsageRecord
 from conversations.models import Message
 from tests import factories
-from tests.e2e.server import DaphneServer, free_port
+from tests.e2e.server import DaphneServer
+from tests.private_redis import PrivateRedis
 from tests.sse_client import stream
 
 pytestmark = pytest.mark.e2e
@@ -186,44 +185,6 @@ def test_database_unreachable_readyz_is_503_and_nothing_hangs(db_down_server):
 
 
 # --- Redis ------------------------------------------------------------------------------------
-
-
-class PrivateRedis:
-    """A redis-server of our own on a free port, without persistence."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        assert wait_until(self._up, 10, 0.05)
-
-    def _up(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return True
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
 
 
 @pytest.mark.redis
