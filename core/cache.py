@@ -1,4 +1,4 @@
-"""Django's Redis cache with one connection pool per process (docs/operations.md#redis).
+"""Django's Redis cache with one connection pool per process (docs/operations.md#scaling-out).
 
 Django's ``RedisCache`` builds its client, and with it its connection pool, per cache
 instance, and ``django.core.cache.caches`` makes one instance per thread and per async
