@@ -77,3 +77,17 @@ def test_other_servers_or_options_get_their_own_client(private_redis):
     assert len({id(c._cache) for c in (one, other_db, other_options)}) == 3
     other_options.set("k", 1)
     assert one.get("k") == 1  # same server and database, another pool
+
+
+def test_a_restarted_server_is_found_again_by_the_next_command():
+    """The shared pool outlives a Redis restart: its dead connection is replaced on use
+    (redis-py reconnects and retries a command that met a dead connection): no command
+    fails."""
+    with PrivateRedis() as private:
+        cache = PooledRedisCache(private.url, {})
+        cache.set("k", 1)
+        private.stop()
+        private.start()  # the same port, empty (no persistence)
+        assert cache.get("k", "gone") == "gone"
+        cache.set("k", 2)
+        assert cache.get("k") == 2
