@@ -102,6 +102,22 @@ def refused_start(env: dict[str, str]) -> str:
     return output
 
 
+def serving(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """Start daphne and wait until ``/healthz`` answers 200; the process and its URL."""
+    port = free_port()
+    process = daphne(env, port)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        if process.poll() is not None:
+            pytest.fail(f"daphne exited: {process.communicate()[0]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return process, url
+        time.sleep(0.1)
+    process.kill()
+    pytest.fail(f"daphne did not answer /healthz: {process.communicate()[0]}")
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
     """The documented start (migrate, collectstatic, daphne) plus an admin user."""
@@ -114,19 +130,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict
         *["createsuperuser", "--noinput", "--username", "admin", "--email", "a@example.com"],
     )
     assert result.returncode == 0, result.stdout
-    port = free_port()
-    process = daphne(prod_env, port)
-    url = f"http://127.0.0.1:{port}"
+    process, url = serving(prod_env)
     try:
-        for _ in range(300):
-            if process.poll() is not None:
-                pytest.fail(f"daphne exited: {process.communicate()[0]}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
         yield url, prod_env
     finally:
         process.terminate()
@@ -228,19 +233,9 @@ def test_the_server_sets_its_switch_interval_from_the_environment(
 ) -> None:
     """``GIL_SWITCH_INTERVAL_MS`` (chatproject/settings.py) reaches the daphne process."""
     _, prod_env = served
-    port = free_port()
-    process = daphne({**prod_env, "GIL_SWITCH_INTERVAL_MS": "2.5", "LOG_LEVEL": "INFO"}, port)
-    try:
-        for _ in range(300):
-            if process.poll() is not None:
-                break
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.1)
-    finally:
-        process.terminate()
-        output, _ = process.communicate(timeout=10)
+    process, _ = serving({**prod_env, "GIL_SWITCH_INTERVAL_MS": "2.5", "LOG_LEVEL": "INFO"})
+    process.terminate()
+    output, _ = process.communicate(timeout=10)
     logged = [
         json.loads(line)
         for line in output.splitlines()
