@@ -3,9 +3,10 @@
 import os
 from typing import Any
 
-from django.core.asgi import get_asgi_application
+from core.asgi_handler import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
+# Django's handler, minus a thread per request for its own signal receivers.
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
