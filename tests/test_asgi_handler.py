@@ -72,7 +72,7 @@ def _in_a_server_thread(app: Any, path: str, started: list[str]) -> list[str]:
     """Serves ``path`` twice in an event loop of its own thread, as daphne's (no outer
     ``async_to_sync``, which would take asgiref's thread-sensitive calls itself), and
     returns the threads started during the second request (the first one warms up the
-    executors' lasting threads)."""
+    executors' lasting threads), the loop's default executor's aside."""
     result: dict[str, Any] = {}
 
     def serve() -> None:
@@ -80,7 +80,9 @@ def _in_a_server_thread(app: Any, path: str, started: list[str]) -> list[str]:
             await _request(app, path)
             started.clear()
             result["status"], _ = await _request(app, path)
-            result["started"] = list(started)
+            # Not counted: the loop's default executor (readyz's database probe), shared by
+            # every request, adds a thread when a request comes before its worker is idle.
+            result["started"] = [name for name in started if not name.startswith("asyncio_")]
 
         asyncio.run(twice())
 
@@ -99,7 +101,7 @@ def test_the_copied_handle_is_djangos_current_one():
 
 
 def test_an_async_view_starts_no_thread(threads_started):
-    # /readyz is an async view; its database probe reuses the executor's thread.
+    # /readyz is an async view (its database probe runs in the loop's default executor).
     assert _in_a_server_thread(ASGIHandler(), "/readyz", threads_started) == []
     # Django's own handler starts (and joins) one for its signal receivers: the day it
     # stops, this class can go.
