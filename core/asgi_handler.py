@@ -15,15 +15,20 @@ and local-memory backends, ``reset_urlconf`` on a context variable.
 - the two signals have only Django's stock receivers (anything else connected, by an app
   or a test, takes Django's path unchanged);
 - for ``request_finished``, nothing in the request hopped to a thread-sensitive thread
-  (a sync view, a session save): then Django's path runs it in that thread, where the
-  view's connection must be closed.
+  (a sync view, a session save): then it runs in that thread, as Django runs it.
+
+A request's own thread is discarded when the request ends, so the handler also closes
+that thread's database connections there. Django leaves them open under ``CONN_MAX_AGE``
+(kept for a reuse that cannot come) until garbage collection: on PostgreSQL every sync
+request (the REST list and detail views, the admin) opened a session and left it open
+(measured: 20 requests, 21 sessions opened, 9 more left open; Django ticket #33497).
 
 Measured (``bench/thread_cpu.py``, 5-token turns, 50 at once, five interleaved runs each):
 12.1-12.7 ms of CPU per turn with Django's handler, 10.5-12.3 with this one (means 12.4 and
 11.4), and up to a fifth more turns in the same time.
 
-:meth:`ASGIHandler.handle` is Django 5.2's with those two calls changed (marked
-``inline:``); ``tests/test_asgi_handler.py`` fails when Django's method changes, so that
+:meth:`ASGIHandler.handle` is Django 5.2's with those three calls changed (marked
+``was``); ``tests/test_asgi_handler.py`` fails when Django's method changes, so that
 the copy is compared again on an upgrade.
 """
 
@@ -34,13 +39,13 @@ import weakref
 from typing import Any
 
 import django
-from asgiref.sync import SyncToAsync, sync_to_async
+from asgiref.sync import AsyncToSync, SyncToAsync, sync_to_async
 from django.core import signals
 from django.core.cache import close_caches
 from django.core.exceptions import RequestAborted
 from django.core.handlers import asgi as django_asgi
 from django.core.handlers.base import reset_urlconf
-from django.db import close_old_connections, reset_queries
+from django.db import close_old_connections, connections, reset_queries
 from django.dispatch import Signal
 from django.urls import set_script_prefix
 
@@ -57,30 +62,58 @@ def only_stock_receivers(signal: Signal) -> bool:
     return True
 
 
-def _request_hopped() -> bool:
-    """True when this request context made asgiref's per-request thread (a sync hop)."""
+def _outer_sync_thread() -> bool:
+    """True when an outer ``async_to_sync`` takes thread-sensitive calls in its own,
+    lasting thread (a test harness; never under daphne)."""
+    return getattr(AsyncToSync.executors, "current", None) is not None
+
+
+def _request_thread_made() -> bool:
+    """True when this request made asgiref's thread of its own (a sync view, a session
+    save): the thread is discarded when the request ends."""
     context = SyncToAsync.thread_sensitive_context.get(None)
     return context is not None and context in SyncToAsync.context_to_thread_executor
 
 
+def _close_in_request_thread(response: Any) -> None:
+    """``response.close()`` (``request_finished``) in the request's own thread, then that
+    thread's database connections closed: the thread is discarded with the request, so a
+    connection kept for ``CONN_MAX_AGE`` would never be used again, only left open until
+    garbage collection (one PostgreSQL session per sync request; Django ticket #33497)."""
+    try:
+        response.close()
+    finally:
+        connections.close_all()
+
+
 class ASGIHandler(django_asgi.ASGIHandler):
-    """Django's handler, with its two signal hops inline when they may be (module doc)."""
+    """Django's handler, with its two signal hops inline when they may be, and no
+    database connection left behind by a request's own thread (module doc)."""
 
     async def _request_started(self, scope: dict[str, Any]) -> None:
-        if only_stock_receivers(signals.request_started):
+        if only_stock_receivers(signals.request_started) and not _outer_sync_thread():
             signals.request_started.send(sender=self.__class__, scope=scope)  # inline
         else:
             await signals.request_started.asend(sender=self.__class__, scope=scope)
 
     async def _close(self, response: Any) -> None:
-        if _request_hopped() or not only_stock_receivers(signals.request_finished):
-            await sync_to_async(response.close)()
-        else:
+        if _outer_sync_thread():
+            await sync_to_async(response.close)()  # Django's path, unchanged
+        elif _request_thread_made():
+            await sync_to_async(_close_in_request_thread)(response)
+        elif only_stock_receivers(signals.request_finished):
             response.close()  # inline: sends request_finished in the event loop
+        else:
+            await sync_to_async(response.close)()
+
+    async def _finished_without_response(self) -> None:
+        await signals.request_finished.asend(sender=self.__class__)
+        if _request_thread_made() and not _outer_sync_thread():
+            await sync_to_async(connections.close_all)()
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """Handles the ASGI request (Django 5.2's ``ASGIHandler.handle``, two calls
-        inline where they may be)."""
+        """Handles the ASGI request (Django 5.2's ``ASGIHandler.handle``, with the
+        three calls marked ``was`` changed)."""
         # Receive the HTTP request body as a stream object.
         try:
             body_file = await self.read_body(receive)
@@ -88,7 +121,7 @@ class ASGIHandler(django_asgi.ASGIHandler):
             return
         # Request is complete and can be served.
         set_script_prefix(django_asgi.get_script_prefix(scope))
-        await self._request_started(scope)  # inline: was request_started.asend
+        await self._request_started(scope)  # was request_started.asend
         # Get the request and check for basic issues.
         request, error_response = self.create_request(scope, body_file)
         if request is None:
@@ -140,9 +173,9 @@ class ASGIHandler(django_asgi.ASGIHandler):
         try:
             response = tasks[1].result()
         except asyncio.CancelledError:
-            await signals.request_finished.asend(sender=self.__class__)
+            await self._finished_without_response()  # was request_finished.asend
         else:
-            await self._close(response)  # inline: was sync_to_async(response.close)
+            await self._close(response)  # was sync_to_async(response.close)
 
         body_file.close()
 
