@@ -94,7 +94,7 @@ def _in_a_server_thread(app: Any, path: str, started: list[str]) -> list[str]:
 
 
 def test_the_copied_handle_is_djangos_current_one():
-    """core.asgi_handler copies Django's ``handle`` with two calls changed: when Django's
+    """core.asgi_handler copies Django's ``handle`` with three calls changed: when Django's
     changes (an upgrade), compare the copy again and update this digest."""
     source = inspect.getsource(DjangoASGIHandler.handle)
     assert hashlib.sha256(source.encode()).hexdigest() == DJANGO_HANDLE_SHA256
