@@ -62,15 +62,17 @@ def only_stock_receivers(signal: Signal) -> bool:
     return True
 
 
-def _outer_sync_thread() -> bool:
-    """True when an outer ``async_to_sync`` takes thread-sensitive calls in its own,
-    lasting thread (a test harness; never under daphne)."""
-    return getattr(AsyncToSync.executors, "current", None) is not None
+def _inline(signal: Signal) -> bool:
+    """True when ``signal`` may be sent in the event loop: only Django's receivers listen,
+    and no outer ``async_to_sync`` (a test harness; never under daphne) takes
+    thread-sensitive calls in a lasting thread of its own."""
+    return only_stock_receivers(signal) and getattr(AsyncToSync.executors, "current", None) is None
 
 
 def _request_thread_made() -> bool:
     """True when this request made asgiref's thread of its own (a sync view, a session
-    save): the thread is discarded when the request ends."""
+    save): the thread is discarded when the request ends. (Under an outer
+    ``async_to_sync`` no such thread is made: its thread takes the calls.)"""
     context = SyncToAsync.thread_sensitive_context.get(None)
     return context is not None and context in SyncToAsync.context_to_thread_executor
 
@@ -91,24 +93,22 @@ class ASGIHandler(django_asgi.ASGIHandler):
     database connection left behind by a request's own thread (module doc)."""
 
     async def _request_started(self, scope: dict[str, Any]) -> None:
-        if only_stock_receivers(signals.request_started) and not _outer_sync_thread():
-            signals.request_started.send(sender=self.__class__, scope=scope)  # inline
+        if _inline(signals.request_started):
+            signals.request_started.send(sender=self.__class__, scope=scope)
         else:
             await signals.request_started.asend(sender=self.__class__, scope=scope)
 
     async def _close(self, response: Any) -> None:
-        if _outer_sync_thread():
-            await sync_to_async(response.close)()  # Django's path, unchanged
-        elif _request_thread_made():
+        if _request_thread_made():
             await sync_to_async(_close_in_request_thread)(response)
-        elif only_stock_receivers(signals.request_finished):
-            response.close()  # inline: sends request_finished in the event loop
+        elif _inline(signals.request_finished):
+            response.close()  # sends request_finished in the event loop
         else:
-            await sync_to_async(response.close)()
+            await sync_to_async(response.close)()  # Django's path
 
     async def _finished_without_response(self) -> None:
         await signals.request_finished.asend(sender=self.__class__)
-        if _request_thread_made() and not _outer_sync_thread():
+        if _request_thread_made():
             await sync_to_async(connections.close_all)()
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
